@@ -1,0 +1,43 @@
+"""optax_decay: every way of pulling weights toward zero, as composable Optax transforms."""
+
+from optax_decay._adaptive import adaptive_decay as adaptive_decay
+from optax_decay._adaptive import scale_by_adam as scale_by_adam
+from optax_decay._alias import adam_l2 as adam_l2
+from optax_decay._alias import adamp as adamp
+from optax_decay._alias import adamw as adamw
+from optax_decay._alias import prox_adam as prox_adam
+from optax_decay._alias import sgd_l2 as sgd_l2
+from optax_decay._alias import sgdw as sgdw
+from optax_decay._convert import coupled_to_paper as coupled_to_paper
+from optax_decay._convert import normalized_weight_decay as normalized_weight_decay
+from optax_decay._convert import paper_to_coupled as paper_to_coupled
+from optax_decay._convert import timescale_from_weight_decay as timescale_from_weight_decay
+from optax_decay._convert import weight_decay_from_timescale as weight_decay_from_timescale
+from optax_decay._decoupled import DecoupledDecayState as DecoupledDecayState
+from optax_decay._decoupled import decoupled_decay as decoupled_decay
+from optax_decay._l2 import add_l2_to_grad as add_l2_to_grad
+from optax_decay._masks import weight_decay_mask as weight_decay_mask
+from optax_decay._prox import prox_l2 as prox_l2
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecoupledDecayState",
+    "adam_l2",
+    "adamp",
+    "adamw",
+    "adaptive_decay",
+    "add_l2_to_grad",
+    "coupled_to_paper",
+    "decoupled_decay",
+    "normalized_weight_decay",
+    "paper_to_coupled",
+    "prox_adam",
+    "prox_l2",
+    "scale_by_adam",
+    "sgd_l2",
+    "sgdw",
+    "timescale_from_weight_decay",
+    "weight_decay_from_timescale",
+    "weight_decay_mask",
+]

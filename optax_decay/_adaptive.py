@@ -1,0 +1,205 @@
+"""Adam's direction, and the adaptive decay of AdamP that shares its moments."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_decay._checks import check_beta, check_nonnegative, require_params
+from optax_decay._convert import evaluate, step_size
+from optax_decay._masks import MaskOrFn, resolve_mask
+from optax_decay._prox import shrink
+
+
+def _is_none(x):
+    return x is None
+
+
+def _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype):
+    """One Adam moment update: returns ``mhat_t``, ``D_t`` and the new state.
+
+    The single place where ``D_t = sqrt(vhat_t + eps_root) + eps`` is formed,
+    so that ``scale_by_adam`` and ``adaptive_decay`` use the same ``vhat``.
+    """
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    count_inc = optax.safe_increment(state.count)
+    mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
+    nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
+    denom = jax.tree.map(
+        lambda v: None if v is None else jnp.sqrt(v + eps_root) + eps, nu_hat, is_leaf=_is_none
+    )
+    new_state = optax.ScaleByAdamState(
+        count=count_inc, mu=optax.tree.cast(mu, mu_dtype), nu=optax.tree.cast_like(nu, state.nu)
+    )
+    return mu_hat, denom, new_state
+
+
+def _check_adam_args(b1, b2, eps, eps_root):
+    check_beta("b1", b1)
+    check_beta("b2", b2)
+    check_nonnegative("eps", eps)
+    check_nonnegative("eps_root", eps_root)
+
+
+def _adam_init(mu_dtype):
+    def init_fn(params):
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params),
+        )
+
+    return init_fn
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+) -> optax.GradientTransformation:
+    r"""Adam's preconditioned direction ``mhat_t / D_t``, the same as :func:`optax.scale_by_adam`.
+
+    .. math::
+
+      m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+      v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \\
+      \hat m_t = \frac{m_t}{1-\beta_1^{t+1}}, \quad
+      \hat v_t = \frac{v_t}{1-\beta_2^{t+1}}, \quad
+      D_t = \sqrt{\hat v_t + \epsilon_{root}} + \epsilon, \quad
+      u \leftarrow \hat m_t / D_t
+
+    with ``t`` the number of updates already applied (the bias correction of
+    the first update uses exponent 1). The state is
+    :class:`optax.ScaleByAdamState`, so checkpoints are interchangeable with
+    Optax's. It is written here, rather than re-exported, so that
+    :func:`adaptive_decay` computes ``D_t`` with exactly the same operations.
+
+    Args:
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: ``epsilon >= 0`` added outside the square root.
+      eps_root: ``epsilon_root >= 0`` added inside the square root.
+      mu_dtype: dtype of the first moment; ``None`` keeps the params' dtype.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> tx = optax_decay.scale_by_adam()
+      >>> g = jnp.array([0.5, -2.0])
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> u  # first step: mhat/D = g/(|g| + eps)
+      Array([ 1., -1.], dtype=float32)
+
+    References:
+      Kingma & Ba, *Adam: A Method for Stochastic Optimization*, 2015,
+      https://arxiv.org/abs/1412.6980
+    """
+    _check_adam_args(b1, b2, eps, eps_root)
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
+        updates = jax.tree.map(
+            lambda m, d: None if m is None else m / d, mu_hat, denom, is_leaf=_is_none
+        )
+        return updates, state
+
+    return optax.GradientTransformation(_adam_init(mu_dtype), update_fn)
+
+
+def adaptive_decay(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+    *,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+) -> optax.GradientTransformation:
+    r"""The Adam step with the preconditioned, adaptive decay of "AdamP".
+
+    .. math::
+
+      w_{t+1} = (I + \eta_t \lambda \alpha D_t^{-1})^{-1}
+                \left[w_t - \eta_t \alpha D_t^{-1} \hat m_t\right]
+              = \frac{w_t - \eta_t\alpha \hat m_t / D_t}{1 + \eta_t\alpha\lambda / D_t}
+
+    with ``D_t = sqrt(vhat_t + eps_root) + eps`` elementwise, the ``mhat``,
+    ``vhat`` of :func:`scale_by_adam` and the step size ``alpha(t)*eta_t``.
+    It is the minimizer of
+
+    .. math::
+
+      \langle y - w_t, \hat m_t\rangle + \frac{\lambda}{2}\|y\|^2
+      + \frac{1}{2\eta_t\alpha}\|y - w_t\|^2_{D_t},
+
+    the proximal step of the *unpreconditioned* penalty in Adam's metric, so
+    each coordinate is decayed by ``1/(1 + eta_t*alpha*lambda/D_t)``: strongly
+    where gradients are small. Unlike AdamW it is not scale-free. The
+    returned update is ``w_{t+1} - w_t``.
+
+    The decay needs ``D_t``, so this one transformation holds the Adam moments
+    (an :class:`optax.ScaleByAdamState`, no second copy of ``v``) and replaces
+    ``scale_by_adam`` *and* the learning-rate step in a chain. ``D_t`` is
+    formed by the same code as in :func:`scale_by_adam`, from the same ``vhat``.
+
+    Args:
+      learning_rate: ``alpha``, a float or a schedule ``alpha(t)``.
+      weight_decay: ``lambda >= 0``, multiplied by ``eta_t * alpha / D_t``.
+      schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
+      mask: a pytree of bools (``True``: decay the leaf) or a callable
+        ``params -> pytree``; masked-out leaves take the plain Adam step.
+      b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+
+    Returns:
+      An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> tx = optax_decay.adaptive_decay(0.1, 1.0, eps=0.0)
+      >>> w = jnp.array([2.0]); g = jnp.array([0.5])
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # D = 0.5: (2 - 0.1 * 1) / (1 + 0.1 * 1 / 0.5)
+      Array([1.5833], dtype=float32)
+
+    References:
+      Schaipp, *Decay No More*, ICLR Blogposts 2023,
+      https://iclr-blogposts.github.io/2023/blog/2023/adamw/
+
+    See also: :func:`adamp`, :func:`prox_l2`.
+    """
+    _check_adam_args(b1, b2, eps, eps_root)
+    check_nonnegative("weight_decay", weight_decay)
+    step = step_size(learning_rate, schedule)
+
+    def update_fn(updates, state, params=None):
+        require_params("adaptive_decay", params)
+        decay_on = (
+            jax.tree.map(lambda _: True, params) if mask is None else resolve_mask(mask, params)
+        )
+        s = evaluate(step, state.count)
+        mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
+
+        def leaf(m, d, w, on):
+            if m is None:
+                return None
+            s_ = jnp.asarray(s, d.dtype)
+            u = -s_ * (m / d)
+            if not on:
+                return u
+            # keep = 1/(1 + s*lambda/D) = D/(D + s*lambda): 0 (not NaN) as s*lambda -> inf.
+            return shrink(u, w, d / (d + s_ * jnp.asarray(weight_decay, d.dtype)))
+
+        updates = jax.tree.map(leaf, mu_hat, denom, params, decay_on, is_leaf=_is_none)
+        return updates, state
+
+    return optax.GradientTransformation(_adam_init(mu_dtype), update_fn)

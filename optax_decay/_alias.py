@@ -1,0 +1,321 @@
+"""The optimizers of the source texts, each a thin chain of this package's transforms.
+
+Every optimizer takes the learning rate ``alpha`` (``learning_rate``, a float or
+an Optax schedule), the weight decay ``lambda`` and, keyword-only, the schedule
+multiplier ``eta_t`` (``schedule``) and a ``mask``. The parameter change of one
+step is ``alpha(t) * eta_t`` times the direction, with ``t = 0`` at the first
+update. Updates are added to the params, as in Optax.
+"""
+
+from __future__ import annotations
+
+import optax
+
+from optax_decay._adaptive import adaptive_decay, scale_by_adam
+from optax_decay._convert import step_size
+from optax_decay._decoupled import decoupled_decay
+from optax_decay._l2 import add_l2_to_grad
+from optax_decay._masks import MaskOrFn
+from optax_decay._prox import prox_l2
+
+
+def _step(learning_rate, schedule) -> optax.GradientTransformation:
+    """``u <- -alpha(t) * eta_t * u``."""
+    return optax.scale_by_learning_rate(step_size(learning_rate, schedule))
+
+
+def _momentum(momentum, nesterov) -> optax.GradientTransformation:
+    return optax.identity() if momentum is None else optax.trace(momentum, nesterov)
+
+
+def sgd_l2(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+    *,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""SGD (with optional heavy-ball momentum) on ``f(w) + (lambda/2)*||w||^2``.
+
+    .. math::
+
+      g_t = \nabla f(w_t) + \lambda w_t, \quad
+      d_t = \mu d_{t-1} + g_t \ (\text{or } d_t = g_t), \quad
+      w_{t+1} = w_t - \alpha(t)\eta_t d_t
+
+    This is ``torch.optim.SGD(weight_decay=lambda, momentum=mu)``. Without
+    momentum it equals :func:`sgdw` with ``weight_decay = alpha*lambda``.
+
+    Args:
+      learning_rate: ``alpha``, a float or a schedule.
+      weight_decay: ``lambda >= 0`` of the penalty (not multiplied by ``alpha``
+        in the penalty; the step multiplies the whole gradient by it).
+      momentum: ``mu``, or ``None`` for plain SGD.
+      nesterov: use Nesterov momentum (``d_t = g_t + mu*(mu d_{t-1} + g_t)``).
+      schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
+      mask: leaves to regularize, as in :func:`optax.masked`.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> tx = optax_decay.sgd_l2(0.1, 0.5)
+      >>> w = jnp.array([2.0]); g = jnp.array([1.0])
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # 2 - 0.1 * (1 + 0.5 * 2)
+      Array([1.8], dtype=float32)
+    """
+    return optax.chain(
+        add_l2_to_grad(weight_decay, mask),
+        _momentum(momentum, nesterov),
+        _step(learning_rate, schedule),
+    )
+
+
+def sgdw(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+    *,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""SGD with decoupled weight decay (SGDW, paper convention).
+
+    .. math::
+
+      w_{t+1} = (1 - \eta_t\lambda) w_t - \alpha(t)\eta_t d_t
+
+    with ``d_t`` the gradient or its momentum trace as in :func:`sgd_l2`.
+    ``lambda`` is multiplied by ``eta_t`` only, not by ``alpha``.
+
+    Args:
+      learning_rate: ``alpha``, a float or a schedule.
+      weight_decay: ``lambda >= 0``; a constant factor ``1 - eta*lambda <= 0``
+        is rejected.
+      momentum: ``mu``, or ``None`` for plain SGD.
+      nesterov: use Nesterov momentum.
+      schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
+      mask: leaves to decay, as in :func:`optax.masked`.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> tx = optax_decay.sgdw(0.1, 0.5)
+      >>> w = jnp.array([2.0]); g = jnp.array([1.0])
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # (1 - 0.5) * 2 - 0.1 * 1
+      Array([0.9], dtype=float32)
+
+    References:
+      Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, 2019,
+      https://arxiv.org/abs/1711.05101
+    """
+    return optax.chain(
+        _momentum(momentum, nesterov),
+        _step(learning_rate, schedule),
+        decoupled_decay(weight_decay, schedule, mask),
+    )
+
+
+def adam_l2(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""Adam on ``f(w) + (lambda/2)*||w||^2`` ("Adam+L2").
+
+    .. math::
+
+      g_t = \nabla f(w_t) + \lambda w_t, \quad
+      w_{t+1} = w_t - \alpha(t)\eta_t \hat m_t / D_t
+
+    where ``mhat``, ``D_t = sqrt(vhat_t + eps_root) + eps`` are Adam's moments
+    of ``g_t``: the penalty is preconditioned with the loss. This is
+    ``torch.optim.Adam(weight_decay=lambda)``.
+
+    Args:
+      learning_rate: ``alpha``, a float or a schedule.
+      weight_decay: ``lambda >= 0`` of the penalty.
+      b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+      schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
+      mask: leaves to regularize, as in :func:`optax.masked`.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+    """
+    return optax.chain(
+        add_l2_to_grad(weight_decay, mask),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+        _step(learning_rate, schedule),
+    )
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+    *,
+    coupled: bool = False,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""AdamW: Adam with decoupled weight decay.
+
+    .. math::
+
+      \text{paper } (\texttt{coupled=False}):\quad
+      w_{t+1} = (1 - \eta_t\lambda) w_t - \alpha(t)\eta_t \hat m_t / D_t \\
+      \text{PyTorch } (\texttt{coupled=True}):\quad
+      w_{t+1} = (1 - \alpha(t)\eta_t\lambda) w_t - \alpha(t)\eta_t \hat m_t / D_t
+
+    with ``D_t = sqrt(vhat_t + eps_root) + eps``. The default is the paper's
+    convention, where ``weight_decay`` is *not* multiplied by the learning
+    rate; ``coupled=True`` is the convention of ``torch.optim.AdamW`` and
+    :func:`optax.adamw`, and equals them update for update. With a constant
+    ``alpha`` the two are related by ``lambda_paper = alpha * lambda_coupled``
+    (:func:`coupled_to_paper`).
+
+    Args:
+      learning_rate: ``alpha``, a float or a schedule.
+      weight_decay: ``lambda >= 0``; a constant factor ``<= 0`` is rejected.
+      coupled: multiply ``weight_decay`` by the learning rate (PyTorch form).
+      b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+      schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
+      mask: leaves to decay, as in :func:`optax.masked`.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> tx = optax_decay.adamw(0.1, 0.5)
+      >>> w = jnp.array([2.0]); g = jnp.array([1.0])
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # (1 - 0.5) * 2 - 0.1 * 1 (first Adam direction is sign(g))
+      Array([0.9], dtype=float32)
+
+    References:
+      Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, 2019,
+      https://arxiv.org/abs/1711.05101
+    """
+    decay_schedule = step_size(learning_rate, schedule) if coupled else schedule
+    return optax.chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+        _step(learning_rate, schedule),
+        decoupled_decay(weight_decay, decay_schedule, mask),
+    )
+
+
+def prox_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""ProxAdam: the Adam step followed by the proximal step of the L2 penalty.
+
+    .. math::
+
+      w_{t+1} = \frac{w_t - \alpha(t)\eta_t \hat m_t / D_t}{1 + \eta_t\lambda}
+
+    the minimizer of ``<y - w_t, mhat_t> + (lambda/(2 alpha))||y||_{D_t}^2 +
+    (1/(2 eta_t alpha))||y - w_t||_{D_t}^2``. It equals :func:`adamw` to first
+    order in ``eta_t*lambda``, is scale-free like it, and is stable for any
+    ``lambda``. ``weight_decay`` is in the paper convention.
+
+    Args:
+      learning_rate: ``alpha``, a float or a schedule.
+      weight_decay: ``lambda >= 0``.
+      b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+      schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
+      mask: leaves to decay, as in :func:`optax.masked`.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Zhuang et al., *Understanding AdamW through Proximal Methods and
+      Scale-Freeness*, TMLR 2022, https://arxiv.org/abs/2202.00089
+    """
+    return optax.chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+        _step(learning_rate, schedule),
+        prox_l2(weight_decay, schedule, mask),
+    )
+
+
+def adamp(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype=None,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""AdamP of the "Decay No More" blog post: Adam with adaptive, preconditioned decay.
+
+    .. math::
+
+      w_{t+1} = \frac{w_t - \alpha(t)\eta_t \hat m_t / D_t}{1 + \alpha(t)\eta_t\lambda / D_t}
+
+    Not to be confused with the AdamP of Heo et al. (*AdamP: Slowing Down the
+    Slowdown for Momentum Optimizers on Scale-invariant Weights*, ICLR 2021),
+    a different method that projects out the radial component of the update;
+    this is the proximal step of ``(lambda/2)||w||^2`` in Adam's metric. It is
+    not scale-free: multiplying the loss by ``c`` acts like dividing
+    ``lambda`` by ``c``. It is :func:`adaptive_decay` itself, which holds the
+    Adam moments because the decay needs ``D_t``.
+
+    Args:
+      learning_rate: ``alpha``, a float or a schedule.
+      weight_decay: ``lambda >= 0``, effectively multiplied by ``alpha*eta_t/D_t``.
+      b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+      schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
+      mask: leaves to decay, as in :func:`optax.masked`.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    References:
+      Schaipp, *Decay No More*, ICLR Blogposts 2023,
+      https://iclr-blogposts.github.io/2023/blog/2023/adamw/
+    """
+    return adaptive_decay(
+        learning_rate,
+        weight_decay,
+        schedule=schedule,
+        mask=mask,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+    )

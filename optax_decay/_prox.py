@@ -1,0 +1,84 @@
+"""The proximal step of the L2 penalty."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_decay._checks import check_nonnegative, require_params
+from optax_decay._convert import evaluate
+from optax_decay._decoupled import DecoupledDecayState
+from optax_decay._masks import MaskOrFn, masked
+
+
+def shrink(u: jax.Array, w: jax.Array, keep: jax.Array) -> jax.Array:
+    """The update that moves ``w`` to ``keep * (w + u)``: ``keep*u - (1 - keep)*w``."""
+    return keep * u - (1 - keep) * w
+
+
+def prox_l2(
+    weight_decay: float,
+    schedule: optax.ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformation:
+    r"""Proximal step of ``(eta_t*lambda/2)*||w||^2`` after the learning-rate step.
+
+    .. math::
+
+      w_{t+1} = \mathrm{prox}_{\eta_t \lambda \|\cdot\|^2/2}(w_t + u)
+              = \frac{w_t + u}{1 + \eta_t \lambda},
+      \qquad u \leftarrow c\,u - (1 - c)\,w_t, \quad c = \frac{1}{1 + \eta_t\lambda}
+
+    Chained after ``scale_by_adam`` and the step ``-alpha(t)*eta_t``, this is
+    ProxAdam (Zhuang et al.). To first order in ``eta_t*lambda`` it equals
+    :func:`decoupled_decay`; unlike it, it is stable for any ``lambda >= 0``:
+    as ``eta_t*lambda`` grows the weights go to 0, never past it. ``lambda``
+    is multiplied by ``eta_t`` only (paper convention).
+
+    Args:
+      weight_decay: ``lambda >= 0``.
+      schedule: ``eta_t``, a float or a callable of the step count ``t``
+        (``t = 0`` at the first update); ``None`` means 1.
+      mask: a pytree of bools (``True``: decay the leaf) or a callable
+        ``params -> pytree``, as in :func:`optax.masked`.
+
+    Returns:
+      An :class:`optax.GradientTransformation` whose state counts the steps;
+      ``update`` needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optax_decay
+      >>> tx = optax.chain(optax.sgd(0.5), optax_decay.prox_l2(1.0))
+      >>> w = jnp.array([3.0]); g = jnp.array([2.0])
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # (3 - 0.5 * 2) / (1 + 1)
+      Array([1.], dtype=float32)
+
+    References:
+      Zhuang et al., *Understanding AdamW through Proximal Methods and
+      Scale-Freeness*, TMLR 2022, https://arxiv.org/abs/2202.00089
+
+    See also: :func:`decoupled_decay`, :func:`prox_adam`.
+    """
+    check_nonnegative("weight_decay", weight_decay)
+    check_nonnegative("schedule", schedule)
+
+    def init_fn(params):
+        del params
+        return DecoupledDecayState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        require_params("prox_l2", params)
+        # c = 1/(1 + eta*lambda) and 1 - c stay in [0, 1] for any lambda, inf included.
+        keep = 1.0 / (1.0 + evaluate(schedule, state.count) * weight_decay)
+
+        updates = jax.tree.map(
+            lambda u, w: None if u is None else shrink(u, w, jnp.asarray(keep, u.dtype)),
+            updates,
+            params,
+            is_leaf=lambda x: x is None,
+        )
+        return updates, DecoupledDecayState(count=optax.safe_increment(state.count))
+
+    return masked(optax.GradientTransformation(init_fn, update_fn), mask)
