@@ -1,0 +1,137 @@
+"""Bad input gets a clear error naming the argument; non-finite values are not hidden."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import ALL, make_grads, make_params
+
+import optax_decay as od
+
+TRANSFORMS = {
+    "add_l2_to_grad": lambda wd, **kw: od.add_l2_to_grad(wd, **kw),
+    "decoupled_decay": lambda wd, **kw: od.decoupled_decay(wd, **kw),
+    "prox_l2": lambda wd, **kw: od.prox_l2(wd, **kw),
+    "adaptive_decay": lambda wd, **kw: od.adaptive_decay(1e-3, wd, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_bad_learning_rate(name, bad):
+    with pytest.raises(ValueError, match="`learning_rate` must be a finite number >= 0"):
+        ALL[name](bad, 1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("bad", [-1e-4, float("nan"), float("inf")])
+def test_bad_weight_decay(name, bad):
+    with pytest.raises(ValueError, match="`weight_decay` must be a finite number >= 0"):
+        ALL[name](1e-3, bad)
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_transforms_reject_negative_weight_decay(name):
+    with pytest.raises(ValueError, match="`weight_decay`"):
+        TRANSFORMS[name](-1.0)
+
+
+@pytest.mark.parametrize("make", [od.adamw, od.sgdw])
+@pytest.mark.parametrize("wd, schedule", [(1.0, None), (2.0, None), (0.5, 2.0), (5.0, 0.3)])
+def test_decay_factor_at_or_below_zero(make, wd, schedule):
+    with pytest.raises(ValueError, match="`weight_decay` is too large.*1 - eta_t\\*lambda"):
+        make(1e-3, wd, schedule=schedule)
+
+
+def test_decay_factor_coupled_uses_learning_rate():
+    od.adamw(1e-3, 10.0, coupled=True)  # factor 1 - 1e-2: fine
+    with pytest.raises(ValueError, match="`weight_decay` is too large"):
+        od.adamw(0.5, 2.0, coupled=True)
+    od.prox_adam(1e-3, 50.0)  # the proximal step is stable for any lambda
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_update_without_params(name):
+    params = make_params(jnp.float32)
+    tx = ALL[name](1e-3, 1e-3)
+    with pytest.raises(ValueError, match="needs the current `params`"):
+        tx.update(params, tx.init(params))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize(
+    "mask",
+    [{"w": True, "b": False}, {"w": True, "b": False, "k": True, "extra": True}, [True, False]],
+    ids=["missing-key", "extra-key", "wrong-type"],
+)
+def test_mask_structure_mismatch(name, mask):
+    params = make_params(jnp.float32)
+    tx = ALL[name](1e-3, 1e-3, mask=mask)
+    with pytest.raises(ValueError, match="`mask` does not match the structure of the params"):
+        state = tx.init(params)
+        tx.update(params, state, params)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_mask_with_non_bool_leaves(name):
+    params = make_params(jnp.float32)
+    tx = ALL[name](1e-3, 1e-3, mask={"w": 1, "b": 0, "k": 1})
+    with pytest.raises(TypeError, match="`mask` leaves must be Python bools"):
+        state = tx.init(params)
+        tx.update(params, state, params)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_non_finite_gradients_propagate(name):
+    params = make_params(jnp.float32)
+    tx = ALL[name](1e-3, 1e-3)
+    g = jax.tree.map(jnp.zeros_like, params)
+    g["w"] = g["w"].at[0, 0].set(jnp.nan)
+    u, _ = tx.update(g, tx.init(params), params)
+    assert bool(jnp.isnan(u["w"][0, 0]))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_apply_if_finite_skips_and_keeps_state(name):
+    params = make_params(jnp.float32)
+    good = make_grads(params, 2)
+    tx = optax.apply_if_finite(ALL[name](1e-2, 1e-3), max_consecutive_errors=3)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    u, state = update(good[0], state, params)
+    params = optax.apply_updates(params, u)
+    inner_before = state.inner_state
+    bad = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.inf), good[1])
+    u, state = update(bad, state, params)
+    chex.assert_trees_all_equal(u, jax.tree.map(jnp.zeros_like, u))
+    chex.assert_trees_all_equal(state.inner_state, inner_before)
+    assert int(state.notfinite_count) == 1
+
+
+@pytest.mark.parametrize("lam", [1e3, 1e12, 1e30, float(np.finfo(np.float32).max)])
+def test_prox_l2_huge_lambda_stays_finite(lam):
+    params = make_params(jnp.float32)
+    g = make_grads(params, 1)[0]
+    tx = od.prox_adam(1e-3, lam)
+    u, _ = tx.update(g, tx.init(params), params)
+    new = optax.apply_updates(params, u)
+    chex.assert_tree_all_finite(new)
+    # |(w - alpha*mhat/D) / (1 + lambda)| <= (|w| + alpha) / (1 + lambda)
+    for w, x in zip(jax.tree.leaves(params), jax.tree.leaves(new)):
+        assert float(jnp.max(jnp.abs(x))) <= (float(jnp.max(jnp.abs(w))) + 1e-3) / (1 + lam) * 1.001
+
+
+def test_adamp_huge_lambda_stays_finite():
+    params = make_params(jnp.float32)
+    tx = od.adamp(1e-3, 1e30)
+    u, _ = tx.update(make_grads(params, 1)[0], tx.init(params), params)
+    chex.assert_tree_all_finite(optax.apply_updates(params, u))
+
+
+def test_bad_betas():
+    with pytest.raises(ValueError, match="`b2` must lie in"):
+        od.adamw(1e-3, 1e-4, b2=1.0)
+    with pytest.raises(ValueError, match="`eps` must be a finite number >= 0"):
+        od.adamp(1e-3, 1e-4, eps=-1.0)
