@@ -77,14 +77,18 @@ def run_loss(tx, params, loss, steps):
 
 def reference(name, params, grads, alpha, lam, eta=lambda t: 1.0, b1=0.9, b2=0.999, eps=1e-8,
               eps_root=0.0, momentum=None, nesterov=False):
-    """The source texts' update rules in float64 NumPy; returns params after each step."""
+    """The source texts' update rules in float64 NumPy; returns params after each step.
+
+    ``alpha`` may be a callable of the step ``t``; ``eta`` is one.
+    """
     w = {k: np.asarray(v, np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in w.items()}
     v2 = {k: np.zeros_like(v) for k, v in w.items()}
     out = []
     for t, g in enumerate(grads):
         e = eta(t)
-        s = alpha * e
+        a = alpha(t) if callable(alpha) else alpha
+        s = a * e
         for k in w:
             gk = np.asarray(g[k], np.float64)
             if name.startswith("sgd"):
@@ -107,11 +111,11 @@ def reference(name, params, grads, alpha, lam, eta=lambda t: 1.0, b1=0.9, b2=0.9
             elif name == "adamw":
                 w[k] = (1 - e * lam) * w[k] - step
             elif name == "adamw_coupled":
-                w[k] = (1 - e * alpha * lam) * w[k] - step
+                w[k] = (1 - e * a * lam) * w[k] - step
             elif name == "prox_adam":
                 w[k] = (w[k] - step) / (1 + e * lam)
             elif name == "adamp":
-                w[k] = (w[k] - step) / (1 + e * alpha * lam / D)
+                w[k] = (w[k] - step) / (1 + e * a * lam / D)
             else:
                 raise ValueError(name)
         out.append({k: v.copy() for k, v in w.items()})

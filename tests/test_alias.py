@@ -9,7 +9,16 @@ import numpy as np
 import optax
 import pytest
 from absl.testing import parameterized
-from helpers import ADAM_FAMILY, ALL, SGD_FAMILY, make_grads, make_params, max_rel_diff, reference, run
+from helpers import (
+    ADAM_FAMILY,
+    ALL,
+    SGD_FAMILY,
+    make_grads,
+    make_params,
+    max_rel_diff,
+    reference,
+    run,
+)
 
 import optax_decay as od
 
@@ -94,25 +103,8 @@ class TestFormulas:
         grads = make_grads(params, 10)
         kw = dict(b1=0.8, b2=0.95, eps=1e-3, eps_root=1e-4)
         got = run(ADAM_FAMILY[name](alpha_fn, 0.3, schedule=0.5, **kw), params, grads)
-        w = {k: np.asarray(v) for k, v in params.items()}
-        m = {k: np.zeros_like(v) for k, v in w.items()}
-        v2 = {k: np.zeros_like(v) for k, v in w.items()}
-        for t, g in enumerate(grads):
-            a, e, lam = alpha_fn(t), 0.5, 0.3
-            for k in w:
-                gk = np.asarray(g[k]) + (lam * w[k] if name == "adam_l2" else 0)
-                m[k] = 0.8 * m[k] + 0.2 * gk
-                v2[k] = 0.95 * v2[k] + 0.05 * gk**2
-                D = np.sqrt(v2[k] / (1 - 0.95 ** (t + 1)) + 1e-4) + 1e-3
-                step = a * e * m[k] / (1 - 0.8 ** (t + 1)) / D
-                w[k] = {
-                    "adam_l2": lambda: w[k] - step,
-                    "adamw": lambda: (1 - e * lam) * w[k] - step,
-                    "adamw_coupled": lambda: (1 - e * a * lam) * w[k] - step,
-                    "prox_adam": lambda: (w[k] - step) / (1 + e * lam),
-                    "adamp": lambda: (w[k] - step) / (1 + e * a * lam / D),
-                }[name]()
-            chex.assert_trees_all_close(got[t], w, rtol=1e-11, atol=1e-13)
+        want = reference(name, params, grads, alpha_fn, 0.3, eta=lambda t: 0.5, **kw)
+        chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
 
 
 class TestEquivalences:
@@ -249,7 +241,7 @@ def test_prox_minus_adamw_is_second_order_in_the_step():
         p = run(od.prox_adam(alpha, lam, schedule=eta), params, g)[-1]
         w = run(od.adamw(alpha, lam, schedule=eta), params, g)[-1]
         gaps.append(max(float(jnp.max(jnp.abs(x - y))) for x, y in
-                        zip(jax.tree.leaves(p), jax.tree.leaves(w))))
+                        zip(jax.tree.leaves(p), jax.tree.leaves(w), strict=True)))
     ratios = np.array(gaps[:-1]) / np.array(gaps[1:])
     np.testing.assert_allclose(ratios, 4.0, rtol=0.03)
 

@@ -119,7 +119,7 @@ def test_prox_l2_huge_lambda_stays_finite(lam):
     new = optax.apply_updates(params, u)
     chex.assert_tree_all_finite(new)
     # |(w - alpha*mhat/D) / (1 + lambda)| <= (|w| + alpha) / (1 + lambda)
-    for w, x in zip(jax.tree.leaves(params), jax.tree.leaves(new)):
+    for w, x in zip(jax.tree.leaves(params), jax.tree.leaves(new), strict=True):
         assert float(jnp.max(jnp.abs(x))) <= (float(jnp.max(jnp.abs(w))) + 1e-3) / (1 + lam) * 1.001
 
 

@@ -42,7 +42,7 @@ def test_named_sharding_equals_single_device(name):
         sp, state = step(sp, state, jax.device_put(g, sharding))
     want = run(tx, params, grads)[-1]
     chex.assert_trees_all_close(sp, want, rtol=1e-6, atol=1e-7)
-    for x, p in param_like_leaves(state, sp):
+    for x, _ in param_like_leaves(state, sp):
         assert x.sharding.is_equivalent_to(sharding, x.ndim), (x.sharding, sharding)
     for p in jax.tree.leaves(sp):
         assert p.sharding.is_equivalent_to(sharding, p.ndim)

@@ -1,0 +1,9 @@
+# Sourced by demo.sh and test.sh: creates .venv if needed and installs the
+# project with the extras named in $1. Uses $PYTHON (default python3 >= 3.11).
+set -euo pipefail
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[$1]"
