@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from optax_decay._checks import check_nonnegative
@@ -42,7 +43,13 @@ def step_size(learning_rate: optax.ScalarOrSchedule, schedule: optax.ScalarOrSch
     check_nonnegative("schedule", schedule)
     if not callable(learning_rate) and not callable(schedule):
         return learning_rate if schedule is None else learning_rate * schedule
-    return lambda count: evaluate(learning_rate, count) * evaluate(schedule, count)
+    def product(count):
+        # Multiply in the widest enabled float: Optax schedules are float32 at an int32 count.
+        wide = jnp.result_type(float)
+        alpha = jnp.asarray(evaluate(learning_rate, count), wide)
+        return alpha * jnp.asarray(evaluate(schedule, count), wide)
+
+    return product
 
 
 def coupled_to_paper(weight_decay: float, learning_rate: float) -> float:

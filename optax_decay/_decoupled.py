@@ -75,9 +75,14 @@ def decoupled_decay(
 
     def update_fn(updates, state, params=None):
         require_params("decoupled_decay", params)
-        rate = evaluate(schedule, state.count) * weight_decay
+        eta = evaluate(schedule, state.count)
+
+        def leaf(u, w):
+            # Cast before multiplying: a float32 schedule must not round eta*lambda.
+            return u - jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype) * w
+
         updates = jax.tree.map(
-            lambda u, w: None if u is None else u - jnp.asarray(rate, u.dtype) * w,
+            lambda u, w: None if u is None else leaf(u, w),
             updates,
             params,
             is_leaf=lambda x: x is None,

@@ -70,11 +70,15 @@ def prox_l2(
 
     def update_fn(updates, state, params=None):
         require_params("prox_l2", params)
-        # c = 1/(1 + eta*lambda) and 1 - c stay in [0, 1] for any lambda, inf included.
-        keep = 1.0 / (1.0 + evaluate(schedule, state.count) * weight_decay)
+        eta = evaluate(schedule, state.count)
+
+        def leaf(u, w):
+            # keep = 1/(1 + eta*lambda) and 1 - keep stay in [0, 1] for any lambda, inf included.
+            rate = jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype)
+            return shrink(u, w, 1 / (1 + rate))
 
         updates = jax.tree.map(
-            lambda u, w: None if u is None else shrink(u, w, jnp.asarray(keep, u.dtype)),
+            lambda u, w: None if u is None else leaf(u, w),
             updates,
             params,
             is_leaf=lambda x: x is None,

@@ -308,16 +308,6 @@ def test_adamw_paper_schedule_matches_torch_lambda_lr(name):
         pytest.param(
             optax.warmup_cosine_decay_schedule(0.0, 0.2, 5, NUM_STEPS, end_value=0.02),
             id="optax",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "package bug: decoupled_decay forms rate = eta_t*lambda in the schedule's "
-                    "dtype (float32 for an Optax schedule on the int32 count) before casting to "
-                    "the params' dtype, so the coupled decay is round32(alpha(t)*eta_t*lambda) "
-                    "instead of alpha(t)*eta_t*lambda in float64 (~1e-8 relative); "
-                    "optax.adamw and torch use the float64 product"
-                ),
-            ),
         ),
     ],
 )
@@ -327,8 +317,8 @@ def test_adamw_coupled_lr_schedule_and_eta_match_torch(alpha):
     wd = 0.3
     tx = optax_decay.adamw(alpha, wd, coupled=True, b1=0.9, b2=0.99, eps=1e-6, schedule=eta_jax)
     make = _torch(torch.optim.AdamW, lr=0.2, betas=(0.9, 0.99), eps=1e-6, weight_decay=wd)
-    # The product is float32 when alpha(t) is (an Optax schedule on an int32 count).
-    per_step = _set_groups(lr=lambda t: _at_count(lambda c: alpha(c) * eta_jax(c), t))
+    # Each factor as the optimizer sees it, multiplied in float64 as the package does.
+    per_step = _set_groups(lr=lambda t: _at_count(alpha, t) * _at_count(eta_jax, t))
     _run_parity(tx, make, seed=7, per_step=per_step)
 
 
