@@ -73,7 +73,7 @@ def prox_l2(
         eta = evaluate(schedule, state.count)
 
         def leaf(u, w):
-            # keep = 1/(1 + eta*lambda) and 1 - keep stay in [0, 1] for any lambda, inf included.
+            # keep = 1/(1 + eta*lambda) and 1 - keep stay in [0, 1] however large lambda is.
             rate = jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype)
             return shrink(u, w, 1 / (1 + rate))
 
