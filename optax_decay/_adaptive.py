@@ -9,7 +9,6 @@ import optax
 from optax_decay._checks import check_beta, check_nonnegative, require_params
 from optax_decay._convert import evaluate, step_size
 from optax_decay._masks import MaskOrFn, resolve_mask
-from optax_decay._prox import shrink
 
 
 def _is_none(x):
@@ -193,11 +192,11 @@ def adaptive_decay(
             if m is None:
                 return None
             s_ = jnp.asarray(s, d.dtype)
-            u = -s_ * (m / d)
             if not on:
-                return u
-            # keep = 1/(1 + s*lambda/D) = D/(D + s*lambda): 0 (not NaN) as s*lambda -> inf.
-            return shrink(u, w, d / (d + s_ * jnp.asarray(weight_decay, d.dtype)))
+                return -s_ * (m / d)
+            # w_new - w = -(s*mhat + k*w) / (D + k), k = s*lambda: one division, like Adam's.
+            k = s_ * jnp.asarray(weight_decay, d.dtype)
+            return -(s_ * m + k * w) / (d + k)
 
         updates = jax.tree.map(leaf, mu_hat, denom, params, decay_on, is_leaf=_is_none)
         return updates, state

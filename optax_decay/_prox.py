@@ -12,11 +12,6 @@ from optax_decay._decoupled import DecoupledDecayState
 from optax_decay._masks import MaskOrFn, masked
 
 
-def shrink(u: jax.Array, w: jax.Array, keep: jax.Array) -> jax.Array:
-    """The update that moves ``w`` to ``keep * (w + u)``: ``keep*u - (1 - keep)*w``."""
-    return keep * u - (1 - keep) * w
-
-
 def prox_l2(
     weight_decay: float,
     schedule: optax.ScalarOrSchedule | None = None,
@@ -75,7 +70,8 @@ def prox_l2(
         def leaf(u, w):
             # keep = 1/(1 + eta*lambda) and 1 - keep stay in [0, 1] however large lambda is.
             rate = jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype)
-            return shrink(u, w, 1 / (1 + rate))
+            keep = 1 / (1 + rate)
+            return keep * u - (1 - keep) * w
 
         updates = jax.tree.map(
             lambda u, w: None if u is None else leaf(u, w),
