@@ -16,10 +16,12 @@ def _is_none(x):
 
 
 def _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype):
-    """One Adam moment update: returns ``mhat_t``, ``D_t`` and the new state.
+    """One Adam moment update: returns ``m_t``, ``mhat_t``, ``D_t`` and the new state.
 
     The single place where ``D_t = sqrt(vhat_t + eps_root) + eps`` is formed,
     so that ``scale_by_adam`` and ``adaptive_decay`` use the same ``vhat``.
+    ``m_t`` is returned before the bias correction (and before the cast to
+    ``mu_dtype``) so that a caller can fold ``1/(1 - b1^t)`` into a scalar.
     """
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
@@ -32,7 +34,7 @@ def _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype):
     new_state = optax.ScaleByAdamState(
         count=count_inc, mu=optax.tree.cast(mu, mu_dtype), nu=optax.tree.cast_like(nu, state.nu)
     )
-    return mu_hat, denom, new_state
+    return mu, mu_hat, denom, new_state
 
 
 def _check_adam_args(b1, b2, eps, eps_root):
@@ -103,7 +105,7 @@ def scale_by_adam(
 
     def update_fn(updates, state, params=None):
         del params
-        mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
+        _, mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
         updates = jax.tree.map(
             lambda m, d: None if m is None else m / d, mu_hat, denom, is_leaf=_is_none
         )
@@ -186,19 +188,30 @@ def adaptive_decay(
             jax.tree.map(lambda _: True, params) if mask is None else resolve_mask(mask, params)
         )
         s = evaluate(step, state.count)
-        mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
+        mu, mu_hat, denom, state = _adam_moments(
+            updates, state, b1, b2, eps, eps_root, mu_dtype
+        )
+        # s * mhat = (s / (1 - b1^t)) * m: the bias correction as a scalar factor. An
+        # elementwise `m / (1 - b1^t)` stays a vector divide in XLA, a third one per
+        # element where Adam (and optax.adamw) needs two: 1.14x optax.adamw on CPU.
+        bias1 = 1 - b1**state.count  # as in optax.tree.bias_correction
 
-        def leaf(m, d, w, on):
+        def leaf(m_raw, m, d, w, on):
             if m is None:
                 return None
             s_ = jnp.asarray(s, d.dtype)
             if not on:
                 return -s_ * (m / d)
             # w_new - w = -(s*mhat + k*w) / (D + k), k = s*lambda: one division, like Adam's.
+            # Numerator and denominator times keep = 1/(1 + k), with drop = k*keep
+            # (not 1 - keep, which cancels for small k), so u -> -w, not NaN, as k -> inf.
             k = s_ * jnp.asarray(weight_decay, d.dtype)
-            return -(s_ * m + k * w) / (d + k)
+            keep = 1 / (1 + k)
+            drop = jnp.where(jnp.isinf(k), jnp.ones_like(k), k * keep)
+            s_m = keep * s_ / bias1.astype(d.dtype)
+            return -(s_m * m_raw + drop * w) / (keep * d + drop)
 
-        updates = jax.tree.map(leaf, mu_hat, denom, params, decay_on, is_leaf=_is_none)
+        updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, is_leaf=_is_none)
         return updates, state
 
     return optax.GradientTransformation(_adam_init(mu_dtype), update_fn)

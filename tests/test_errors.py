@@ -123,11 +123,16 @@ def test_prox_l2_huge_lambda_stays_finite(lam):
         assert float(jnp.max(jnp.abs(x))) <= (float(jnp.max(jnp.abs(w))) + 1e-3) / (1 + lam) * 1.001
 
 
-def test_adamp_huge_lambda_stays_finite():
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("lr, lam", [(1e-3, 1e30), (1.0, 1e39), (1e30, 1e30)])
+def test_adamp_huge_lambda_goes_to_zero_not_nan(lr, lam):
+    # lambda*alpha overflows float32 in the last two: the weights still go to 0.
     params = make_params(jnp.float32)
-    tx = od.adamp(1e-3, 1e30)
+    tx = od.adamp(lr, lam)
     u, _ = tx.update(make_grads(params, 1)[0], tx.init(params), params)
-    chex.assert_tree_all_finite(optax.apply_updates(params, u))
+    new = optax.apply_updates(params, u)
+    chex.assert_tree_all_finite(new)
+    chex.assert_trees_all_close(new, jax.tree.map(jnp.zeros_like, new), atol=1e-6)
 
 
 def test_bad_betas():

@@ -1,0 +1,543 @@
+"""Step-time benchmark of every optax_decay optimizer against ``optax.adamw``.
+
+An optimizer step is elementwise and memory bound, so each optimizer is timed
+against the bandwidth the device actually delivers in the same run:
+
+* **in-jit** (headline): one jitted function runs ``K`` steps of
+  ``tx.update`` + ``optax.apply_updates`` inside a ``jax.lax.fori_loop`` with a
+  fixed gradient tree, params and state donated. Seconds per step = time / K.
+  The fixed gradients pass through a ``jax.lax.optimization_barrier`` together
+  with the loop-carried params: otherwise XLA hoists gradient-only work
+  (``g*g``, ``(1 - b1)*g``) out of the loop as loop invariant, adds buffers to
+  the loop carry and times something that is not a training step.
+* **per call**: a jitted, donated single step called ``K`` times from Python,
+  so dispatch overhead (per leaf, per call) is included.
+* **roofline**: ``x * 1.0000001`` over a flat fp32 array with as many elements
+  as the param tree, ``K`` times inside a ``fori_loop`` (donated), gives the
+  bandwidth ``2 * 4 * N / time``. An optimizer that moves ``B`` bytes per
+  parameter per step (params read + write, grads read, each state leaf read
+  + write) cannot be faster than ``B * N / bandwidth``; ``x roofline`` is the
+  measured time over that bound.
+
+Every repeat runs every optimizer once, round robin, so that machine noise
+hits all alike; times are medians over repeats (minima are in the JSON).
+
+Usage::
+
+  python benchmarks/step_benchmark.py                # all trees, default sizes
+  python benchmarks/step_benchmark.py --trees gpt2 --steps 50 --repeats 9
+  python benchmarks/step_benchmark.py --quick        # smoke test, seconds
+
+The default ``--scale`` is 1.0 on an accelerator and 0.05 on the CPU: it
+multiplies the leading dimension of every leaf (at least one row), leaf
+counts stay fixed. Results go to ``--out`` (``results.json``, ``results.md``);
+the markdown tables are also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import optax_decay
+
+TREES = ("one_leaf", "gpt2", "many_leaves")
+REFERENCE = "optax.adamw"
+MODES = ("in_jit", "per_call")
+
+LEARNING_RATE = 1e-3
+WEIGHT_DECAY_PAPER = 1e-4  # paper convention (not multiplied by the learning rate)
+WEIGHT_DECAY_COUPLED = 0.1  # PyTorch / optax.adamw convention
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def optimizers(
+    lr: float = LEARNING_RATE,
+    wd: float = WEIGHT_DECAY_PAPER,
+    wd_coupled: float = WEIGHT_DECAY_COUPLED,
+) -> dict[str, optax.GradientTransformation]:
+    """Every optimizer of the package, no mask, plus the reference ``optax.adamw``."""
+    return {
+        "sgd_l2": optax_decay.sgd_l2(lr, wd),
+        "sgdw": optax_decay.sgdw(lr, wd),
+        "adam_l2": optax_decay.adam_l2(lr, wd),
+        "adamw": optax_decay.adamw(lr, wd),
+        "adamw(coupled=True)": optax_decay.adamw(lr, wd_coupled, coupled=True),
+        "prox_adam": optax_decay.prox_adam(lr, wd),
+        "adamp": optax_decay.adamp(lr, wd),
+        REFERENCE: optax.adamw(lr, weight_decay=wd_coupled),
+    }
+
+
+# --------------------------------------------------------------------------- param trees
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def gpt2_shapes(d: int = 768, vocab: int = 50257, ctx: int = 1024, layers: int = 12) -> dict:
+    """GPT-2 small: 148 leaves, 124,439,808 params."""
+
+    def ln():
+        return {"scale": (d,), "bias": (d,)}
+
+    def block():
+        return {
+            "ln_1": ln(),
+            "attn": {
+                "c_attn": {"w": (d, 3 * d), "b": (3 * d,)},
+                "c_proj": {"w": (d, d), "b": (d,)},
+            },
+            "ln_2": ln(),
+            "mlp": {
+                "c_fc": {"w": (d, 4 * d), "b": (4 * d,)},
+                "c_proj": {"w": (4 * d, d), "b": (d,)},
+            },
+        }
+
+    tree = {"wte": (vocab, d), "wpe": (ctx, d)}
+    tree.update({f"h{i:02d}": block() for i in range(layers)})
+    tree["ln_f"] = ln()
+    return tree
+
+
+def tree_shapes(name: str, gpt2_layers: int = 12, many_leaves: int = 2000) -> Any:
+    if name == "one_leaf":
+        return {"w": (162_031, 768)}  # the gpt2-small parameter count in one leaf
+    if name == "gpt2":
+        return gpt2_shapes(layers=gpt2_layers)
+    if name == "many_leaves":
+        return {f"p{i:04d}": (65_536,) for i in range(many_leaves)}
+    raise ValueError(f"unknown tree {name!r}; choose from {TREES}")
+
+
+def scale_shapes(shapes: Any, scale: float) -> Any:
+    """Scales the leading dimension of every leaf (at least 1 row)."""
+    return jax.tree.map(lambda s: (max(1, round(s[0] * scale)),) + s[1:], shapes, is_leaf=_is_shape)
+
+
+def random_tree(shapes: Any, seed: int, std: float) -> Any:
+    """A host (numpy) tree: no per-shape compiles; ``device_put`` gives fresh buffers."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda s: std * rng.standard_normal(s, dtype=np.float32), shapes, is_leaf=_is_shape
+    )
+
+
+def bytes_per_param(params: Any, grads: Any, state: Any) -> float:
+    """Bytes moved per parameter per step: params r+w, grads r, every state array r+w."""
+    n = sum(x.size for x in jax.tree.leaves(params))
+    nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))
+    # scalar state (step counts) is a few bytes per step, not per parameter.
+    state_arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
+    return (2 * nbytes(params) + nbytes(grads) + 2 * nbytes(state_arrays)) / n
+
+
+# --------------------------------------------------------------------------- jitted steps
+
+
+def make_in_jit(tx: optax.GradientTransformation, steps: int) -> Callable:
+    def run(params, state, grads):
+        def body(_, carry):
+            p, s = carry
+            # Ties the fixed grads to the loop-carried params, so that XLA cannot hoist
+            # gradient-only work (g*g, (1 - b1)*g) out of the loop as loop invariant:
+            # each iteration then does exactly the work of a real step. No-op at run time.
+            g, p = jax.lax.optimization_barrier((grads, p))
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        return jax.lax.fori_loop(0, steps, body, (params, state))
+
+    return jax.jit(run, donate_argnums=(0, 1))
+
+
+def make_single_step(tx: optax.GradientTransformation) -> Callable:
+    def step(params, state, grads):
+        u, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, u), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def make_copy_kernel(steps: int) -> Callable:
+    def run(x):
+        return jax.lax.fori_loop(0, steps, lambda _, y: y * jnp.float32(1.0000001), x)
+
+    return jax.jit(run, donate_argnums=0)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class Runner:
+    """One optimizer on one tree: owns its params and state (donated every call).
+
+    ``__init__`` only traces and lowers; ``compile`` (thread safe, XLA releases
+    the GIL) can run in a pool, which matters for the 2000-leaf tree.
+    """
+
+    def __init__(self, tx, host_params, grads, steps):
+        self.params = jax.device_put(host_params)  # fresh buffers per optimizer
+        self.state = tx.init(self.params)
+        self.grads = grads
+        self.steps = steps
+        self.bytes_per_param = bytes_per_param(self.params, grads, self.state)
+        args = (self.params, self.state, grads)
+        self._lowered = (
+            make_in_jit(tx, steps).lower(*args),
+            make_single_step(tx).lower(*args),
+        )
+
+    def compile(self):
+        self.in_jit, self.single = (lowered.compile() for lowered in self._lowered)
+        self._lowered = None
+        return self
+
+    def warmup(self):
+        self.params, self.state = self.in_jit(self.params, self.state, self.grads)
+        self.params, self.state = self.single(self.params, self.state, self.grads)
+        jax.block_until_ready((self.params, self.state))
+
+    def time_in_jit(self) -> float:
+        jax.block_until_ready((self.params, self.state))
+        t0 = time.perf_counter()
+        self.params, self.state = self.in_jit(self.params, self.state, self.grads)
+        jax.block_until_ready((self.params, self.state))
+        return (time.perf_counter() - t0) / self.steps
+
+    def time_per_call(self) -> float:
+        jax.block_until_ready((self.params, self.state))
+        p, s = self.params, self.state
+        t0 = time.perf_counter()
+        for _ in range(self.steps):
+            p, s = self.single(p, s, self.grads)
+        jax.block_until_ready((p, s))
+        elapsed = time.perf_counter() - t0
+        self.params, self.state = p, s
+        return elapsed / self.steps
+
+    def finite(self) -> bool:
+        return bool(_all_finite(self.params))
+
+
+class CopyRunner:
+    """The roofline kernel on a flat fp32 array of ``n`` elements."""
+
+    def __init__(self, n, steps):
+        self.x = jnp.ones((n,), jnp.float32)
+        self.steps = steps
+        self._lowered = make_copy_kernel(steps).lower(self.x)
+
+    def compile(self):
+        self.fn = self._lowered.compile()
+        self._lowered = None
+        return self
+
+    def warmup(self):
+        self.x = self.fn(self.x)
+        self.x.block_until_ready()
+
+    def time(self) -> float:
+        self.x.block_until_ready()
+        t0 = time.perf_counter()
+        self.x = self.fn(self.x)
+        self.x.block_until_ready()
+        return (time.perf_counter() - t0) / self.steps
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def _stats(times: list[float]) -> dict:
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "all": times,
+    }
+
+
+def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
+    shapes = scale_shapes(tree_shapes(name, args.gpt2_layers, args.many_leaves), args.scale)
+    host_params = random_tree(shapes, 0, 0.02)
+    grads = jax.device_put(random_tree(shapes, 1, 1e-3))
+    n = sum(x.size for x in jax.tree.leaves(host_params))
+    n_leaves = len(jax.tree.leaves(host_params))
+
+    bar.set_postfix_str(f"{name}: trace")
+    t0 = time.perf_counter()
+    copy = CopyRunner(n, args.steps)
+    runners = {opt: Runner(tx, host_params, grads, args.steps) for opt, tx in txs.items()}
+    del host_params
+    t1 = time.perf_counter()
+    bar.set_postfix_str(f"{name}: compile")
+    with ThreadPoolExecutor(max(1, min(args.compile_threads, len(runners) + 1))) as pool:
+        list(pool.map(lambda r: r.compile(), [copy, *runners.values()]))
+    t2 = time.perf_counter()
+    bar.set_postfix_str(f"{name}: warm up")
+    copy.warmup()
+    for runner in runners.values():
+        runner.warmup()
+
+    copy_times: list[float] = []
+    times = {opt: {mode: [] for mode in MODES} for opt in runners}
+    for rep in range(args.repeats):
+        bar.set_postfix_str(f"{name}: repeat {rep + 1}/{args.repeats}")
+        copy_times.append(copy.time())
+        bar.update()
+        for opt, runner in runners.items():  # round robin: noise hits all alike
+            times[opt]["in_jit"].append(runner.time_in_jit())
+            bar.update()
+        for opt, runner in runners.items():
+            times[opt]["per_call"].append(runner.time_per_call())
+            bar.update()
+        copy_times.append(copy.time())
+        bar.update()
+
+    copy_s = statistics.median(copy_times)
+    bandwidth = 2 * 4 * n / copy_s
+    tree_info = {
+        "n_params": n,
+        "n_leaves": n_leaves,
+        "param_bytes": 4 * n,
+        "roofline_copy_seconds": _stats(copy_times),
+        "bandwidth_GBps": bandwidth / 1e9,
+        "bandwidth_GBps_best": 2 * 4 * n / min(copy_times) / 1e9,
+        "trace_seconds": t1 - t0,
+        "compile_seconds": t2 - t1,
+    }
+    records = []
+    for opt, runner in runners.items():
+        finite = runner.finite()
+        for mode in MODES:
+            st = _stats(times[opt][mode])
+            ref = statistics.median(times[REFERENCE][mode])
+            ref_min = min(times[REFERENCE][mode])
+            bound = runner.bytes_per_param * n / bandwidth
+            records.append(
+                {
+                    "tree": name,
+                    "optimizer": opt,
+                    "mode": mode,
+                    "n_params": n,
+                    "n_leaves": n_leaves,
+                    "steps": args.steps,
+                    "repeats": args.repeats,
+                    "bytes_per_param": runner.bytes_per_param,
+                    "seconds_per_step": st,
+                    "roofline_seconds_per_step": bound,
+                    "x_roofline": st["median"] / bound,
+                    "x_optax_adamw": st["median"] / ref,
+                    "x_optax_adamw_min": st["min"] / ref_min,
+                    "params_finite": finite,
+                }
+            )
+    del runners, copy
+    return tree_info, records
+
+
+def _fmt_s(s: float) -> str:
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    args = result["args"]
+    lines.append(
+        f"# optax_decay step benchmark\n\n"
+        f"{result['machine']['backend']} ({result['machine']['devices'][0]}), "
+        f"jax {result['versions']['jax']}, optax {result['versions']['optax']}; "
+        f"scale {args['scale']}, K={args['steps']} steps per timing, "
+        f"{args['repeats']} repeat(s), medians, lr={LEARNING_RATE}, "
+        f"wd={WEIGHT_DECAY_PAPER} (paper) / {WEIGHT_DECAY_COUPLED} (coupled), no mask.\n"
+    )
+    for name, info in result["trees"].items():
+        lines.append(
+            f"\n## {name}: {info['n_params']:,} params in {info['n_leaves']} leaves\n\n"
+            f"Roofline copy kernel: {_fmt_s(info['roofline_copy_seconds']['median'])} "
+            f"per pass, {info['bandwidth_GBps']:.1f} GB/s "
+            f"(best {info['bandwidth_GBps_best']:.1f} GB/s).\n"
+        )
+        lines.append(
+            "| optimizer | bytes/param | s/step in-jit | x roofline | x optax.adamw "
+            "| s/step per call | x optax.adamw (per call) |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        recs = {(r["optimizer"], r["mode"]): r for r in result["records"] if r["tree"] == name}
+        for opt in dict.fromkeys(r[0] for r in recs):
+            a, c = recs[(opt, "in_jit")], recs[(opt, "per_call")]
+            lines.append(
+                f"| {opt} | {a['bytes_per_param']:.0f} | {_fmt_s(a['seconds_per_step']['median'])} "
+                f"| {a['x_roofline']:.2f} | {a['x_optax_adamw']:.2f} "
+                f"| {_fmt_s(c['seconds_per_step']['median'])} | {c['x_optax_adamw']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+    }
+    try:  # platform.processor() is often empty on Linux
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            cwd=Path(optax_decay.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def versions() -> dict:
+    import jaxlib
+
+    status = _git("status", "--porcelain", "--", ".")
+    return {
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "optax": optax.__version__,
+        "optax_decay": optax_decay.__version__,
+        "optax_decay_path": str(Path(optax_decay.__file__).parent),
+        # the measured package code: commit, and whether optax_decay/ had local edits
+        "optax_decay_commit": _git("rev-parse", "HEAD"),
+        "optax_decay_dirty": None if status is None else bool(status),
+        "numpy": np.__version__,
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--trees", nargs="+", choices=TREES, default=list(TREES), help="param trees to run"
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="multiplies each leaf's leading dimension (default 1.0 on an accelerator, "
+        "0.05 on the CPU, 0.001 with --quick)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="K, steps per timing (default 20)")
+    p.add_argument("--repeats", type=int, default=None, help="timings per optimizer (default 7)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out"), help="output folder")
+    p.add_argument(
+        "--gpt2-layers", type=int, default=None, help="blocks of the gpt2 tree (default 12)"
+    )
+    p.add_argument(
+        "--many-leaves", type=int, default=None, help="leaves of many_leaves (default 2000)"
+    )
+    p.add_argument(
+        "--compile-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="XLA compiles in parallel (default: CPU count)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: scale 0.001, K=2, 1 repeat, gpt2 with 1 block, 16 many_leaves "
+        "(the 2000-leaf loops alone take minutes to compile)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    args = p.parse_args(argv)
+    if args.scale is None:
+        args.scale = 0.001 if args.quick else (0.05 if jax.default_backend() == "cpu" else 1.0)
+    if args.steps is None:
+        args.steps = 2 if args.quick else 20
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 7
+    if args.gpt2_layers is None:
+        args.gpt2_layers = 1 if args.quick else 12
+    if args.many_leaves is None:
+        args.many_leaves = 16 if args.quick else 2000
+    if args.scale <= 0 or min(args.steps, args.repeats, args.gpt2_layers, args.many_leaves) < 1:
+        p.error("--scale must be > 0; --steps, --repeats, --gpt2-layers, --many-leaves >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    txs = optimizers()
+    result = {
+        "machine": machine_info(),
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {
+            "learning_rate": LEARNING_RATE,
+            "weight_decay_paper": WEIGHT_DECAY_PAPER,
+            "weight_decay_coupled": WEIGHT_DECAY_COUPLED,
+            "reference": REFERENCE,
+        },
+        "trees": {},
+        "records": [],
+    }
+    per_tree = args.repeats * (2 * len(txs) + 2)
+    with tqdm(
+        total=per_tree * len(args.trees), disable=args.no_progress, file=sys.stderr, unit="run"
+    ) as bar:
+        for name in args.trees:
+            info, records = bench_tree(name, args, txs, bar)
+            result["trees"][name] = info
+            result["records"].extend(records)
+
+    md = markdown(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "results.md").write_text(md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
