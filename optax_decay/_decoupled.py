@@ -69,24 +69,31 @@ def decoupled_decay(
     check_nonnegative("schedule", schedule)
     check_decay_factor("decoupled_decay", weight_decay, schedule)
 
+    return scheduled_decay("decoupled_decay", weight_decay, schedule, mask, lambda u, w, rate: u - rate * w)
+
+
+def scheduled_decay(name, weight_decay, schedule, mask, leaf) -> optax.GradientTransformation:
+    """Maps ``leaf(u, w, rate)`` over the tree, ``rate = eta_t*lambda`` in each leaf's dtype.
+
+    The shared body of :func:`decoupled_decay` and :func:`prox_l2`: a step
+    counter for ``eta_t``, the ``params`` check and the mask.
+    """
+
     def init_fn(params):
         del params
         return DecoupledDecayState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None):
-        require_params("decoupled_decay", params)
+        require_params(name, params)
         eta = evaluate(schedule, state.count)
 
-        def leaf(u, w):
+        def per_leaf(u, w):
+            if u is None:
+                return None
             # Cast before multiplying: a float32 schedule must not round eta*lambda.
-            return u - jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype) * w
+            return leaf(u, w, jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype))
 
-        updates = jax.tree.map(
-            lambda u, w: None if u is None else leaf(u, w),
-            updates,
-            params,
-            is_leaf=lambda x: x is None,
-        )
+        updates = jax.tree.map(per_leaf, updates, params, is_leaf=lambda x: x is None)
         return updates, DecoupledDecayState(count=optax.safe_increment(state.count))
 
     return masked(optax.GradientTransformation(init_fn, update_fn), mask)

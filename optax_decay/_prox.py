@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
-from optax_decay._checks import check_nonnegative, require_params
-from optax_decay._convert import evaluate
-from optax_decay._decoupled import DecoupledDecayState
-from optax_decay._masks import MaskOrFn, masked
+from optax_decay._checks import check_nonnegative
+from optax_decay._decoupled import scheduled_decay
+from optax_decay._masks import MaskOrFn
 
 
 def prox_l2(
@@ -59,26 +56,9 @@ def prox_l2(
     check_nonnegative("weight_decay", weight_decay)
     check_nonnegative("schedule", schedule)
 
-    def init_fn(params):
-        del params
-        return DecoupledDecayState(count=jnp.zeros([], jnp.int32))
+    def leaf(u, w, rate):
+        # keep = 1/(1 + eta*lambda) and 1 - keep stay in [0, 1] however large lambda is.
+        keep = 1 / (1 + rate)
+        return keep * u - (1 - keep) * w
 
-    def update_fn(updates, state, params=None):
-        require_params("prox_l2", params)
-        eta = evaluate(schedule, state.count)
-
-        def leaf(u, w):
-            # keep = 1/(1 + eta*lambda) and 1 - keep stay in [0, 1] however large lambda is.
-            rate = jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype)
-            keep = 1 / (1 + rate)
-            return keep * u - (1 - keep) * w
-
-        updates = jax.tree.map(
-            lambda u, w: None if u is None else leaf(u, w),
-            updates,
-            params,
-            is_leaf=lambda x: x is None,
-        )
-        return updates, DecoupledDecayState(count=optax.safe_increment(state.count))
-
-    return masked(optax.GradientTransformation(init_fn, update_fn), mask)
+    return scheduled_decay("prox_l2", weight_decay, schedule, mask, leaf)
