@@ -17,11 +17,16 @@ from optax_decay._decoupled import DecoupledDecayState as DecoupledDecayState
 from optax_decay._decoupled import decoupled_decay as decoupled_decay
 from optax_decay._l2 import add_l2_to_grad as add_l2_to_grad
 from optax_decay._masks import weight_decay_mask as weight_decay_mask
+from optax_decay._precision import DecayPrecisionWarning as DecayPrecisionWarning
+from optax_decay._precision import MasterWeightsState as MasterWeightsState
+from optax_decay._precision import master_weights as master_weights
 from optax_decay._prox import prox_l2 as prox_l2
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DecayPrecisionWarning",
+    "MasterWeightsState",
     "DecoupledDecayState",
     "adam_l2",
     "adamp",
@@ -30,6 +35,7 @@ __all__ = [
     "add_l2_to_grad",
     "coupled_to_paper",
     "decoupled_decay",
+    "master_weights",
     "normalized_weight_decay",
     "paper_to_coupled",
     "prox_adam",

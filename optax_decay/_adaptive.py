@@ -6,7 +6,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_decay._checks import check_beta, check_nonnegative, require_params
+from optax_decay._checks import (
+    check_beta,
+    check_float_params,
+    check_nonnegative,
+    require_params,
+)
 from optax_decay._convert import evaluate, step_size
 from optax_decay._masks import MaskOrFn, resolve_mask
 
@@ -46,6 +51,7 @@ def _check_adam_args(b1, b2, eps, eps_root):
 
 def _adam_init(mu_dtype):
     def init_fn(params):
+        check_float_params(params)
         return optax.ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -183,14 +189,12 @@ def adaptive_decay(
     step = step_size(learning_rate, schedule)
 
     def update_fn(updates, state, params=None):
-        require_params("adaptive_decay", params)
+        require_params("adaptive_decay", updates, params)
         decay_on = (
             jax.tree.map(lambda _: True, params) if mask is None else resolve_mask(mask, params)
         )
         s = evaluate(step, state.count)
-        mu, mu_hat, denom, state = _adam_moments(
-            updates, state, b1, b2, eps, eps_root, mu_dtype
-        )
+        mu, mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
         # s * mhat = (s / (1 - b1^t)) * m: the bias correction as a scalar factor. An
         # elementwise `m / (1 - b1^t)` stays a vector divide in XLA, a third one per
         # element where Adam (and optax.adamw) needs two: 1.14x optax.adamw on CPU.

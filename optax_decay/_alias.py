@@ -12,6 +12,7 @@ from __future__ import annotations
 import optax
 
 from optax_decay._adaptive import adaptive_decay, scale_by_adam
+from optax_decay._checks import check_nonnegative, require_params
 from optax_decay._convert import step_size
 from optax_decay._decoupled import decoupled_decay
 from optax_decay._l2 import add_l2_to_grad
@@ -24,7 +25,18 @@ def _step(learning_rate, schedule) -> optax.GradientTransformation:
     return optax.scale_by_learning_rate(step_size(learning_rate, schedule))
 
 
+def _checked(name: str) -> optax.GradientTransformation:
+    """First in every chain: ``params`` given, matching the gradients, floating point."""
+
+    def update_fn(updates, state, params=None):
+        require_params(name, updates, params)
+        return updates, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def _momentum(momentum, nesterov) -> optax.GradientTransformation:
+    check_nonnegative("momentum", momentum)
     return optax.identity() if momentum is None else optax.trace(momentum, nesterov)
 
 
@@ -69,6 +81,7 @@ def sgd_l2(
       Array([1.8], dtype=float32)
     """
     return optax.chain(
+        _checked("sgd_l2"),
         add_l2_to_grad(weight_decay, mask),
         _momentum(momentum, nesterov),
         _step(learning_rate, schedule),
@@ -118,6 +131,7 @@ def sgdw(
       https://arxiv.org/abs/1711.05101
     """
     return optax.chain(
+        _checked("sgdw"),
         _momentum(momentum, nesterov),
         _step(learning_rate, schedule),
         decoupled_decay(weight_decay, schedule, mask),
@@ -158,6 +172,7 @@ def adam_l2(
       An :class:`optax.GradientTransformation`.
     """
     return optax.chain(
+        _checked("adam_l2"),
         add_l2_to_grad(weight_decay, mask),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
         _step(learning_rate, schedule),
@@ -218,6 +233,7 @@ def adamw(
     """
     decay_schedule = step_size(learning_rate, schedule) if coupled else schedule
     return optax.chain(
+        _checked("adamw"),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
         _step(learning_rate, schedule),
         decoupled_decay(weight_decay, decay_schedule, mask),
@@ -262,6 +278,7 @@ def prox_adam(
       Scale-Freeness*, TMLR 2022, https://arxiv.org/abs/2202.00089
     """
     return optax.chain(
+        _checked("prox_adam"),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
         _step(learning_rate, schedule),
         prox_l2(weight_decay, schedule, mask),

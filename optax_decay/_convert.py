@@ -43,6 +43,7 @@ def step_size(learning_rate: optax.ScalarOrSchedule, schedule: optax.ScalarOrSch
     check_nonnegative("schedule", schedule)
     if not callable(learning_rate) and not callable(schedule):
         return learning_rate if schedule is None else learning_rate * schedule
+
     def product(count):
         # Multiply in the widest enabled float: Optax schedules are float32 at an int32 count.
         wide = jnp.result_type(float)

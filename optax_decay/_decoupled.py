@@ -9,9 +9,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_decay._checks import check_decay_factor, check_nonnegative, require_params
+from optax_decay._checks import (
+    check_decay_factor,
+    check_nonnegative,
+    concrete_product,
+    require_params,
+)
 from optax_decay._convert import evaluate
 from optax_decay._masks import MaskOrFn, masked
+from optax_decay._precision import warn_if_decay_lost
 
 
 class DecoupledDecayState(NamedTuple):
@@ -69,7 +75,9 @@ def decoupled_decay(
     check_nonnegative("schedule", schedule)
     check_decay_factor("decoupled_decay", weight_decay, schedule)
 
-    return scheduled_decay("decoupled_decay", weight_decay, schedule, mask, lambda u, w, rate: u - rate * w)
+    return scheduled_decay(
+        "decoupled_decay", weight_decay, schedule, mask, lambda u, w, rate: u - rate * w
+    )
 
 
 def scheduled_decay(name, weight_decay, schedule, mask, leaf) -> optax.GradientTransformation:
@@ -84,12 +92,13 @@ def scheduled_decay(name, weight_decay, schedule, mask, leaf) -> optax.GradientT
         return DecoupledDecayState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None):
-        require_params(name, params)
+        require_params(name, updates, params)
         eta = evaluate(schedule, state.count)
 
         def per_leaf(u, w):
             if u is None:
                 return None
+            warn_if_decay_lost(name, concrete_product(eta, weight_decay), w.dtype)
             # Cast before multiplying: a float32 schedule must not round eta*lambda.
             return leaf(u, w, jnp.asarray(eta, u.dtype) * jnp.asarray(weight_decay, u.dtype))
 

@@ -52,7 +52,7 @@ def add_l2_to_grad(weight_decay: float, mask: MaskOrFn = None) -> optax.Gradient
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
-        require_params("add_l2_to_grad", params)
+        require_params("add_l2_to_grad", updates, params)
         updates = jax.tree.map(
             lambda u, w: None if u is None else u + jnp.asarray(weight_decay, u.dtype) * w,
             updates,

@@ -136,3 +136,86 @@ def test_bad_betas():
         od.adamw(1e-3, 1e-4, b2=1.0)
     with pytest.raises(ValueError, match="`eps` must be a finite number >= 0"):
         od.adamp(1e-3, 1e-4, eps=-1.0)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_params(name, dtype):
+    params = {"w": jnp.ones((2, 3), jnp.float32), "steps": jnp.zeros((3,), dtype)}
+    tx = ALL[name](1e-3, 1e-3)
+    with pytest.raises(TypeError, match=r"`params` leaf \['steps'\] has dtype .*floating-point"):
+        tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("name", ["adamw", "prox_adam", "sgdw", "sgd_l2", "adam_l2", "adamp"])
+def test_complex_params_decay_both_parts(name):
+    """Decay is linear in w, so it shrinks real and imaginary parts alike."""
+    w = jnp.asarray([1.0 + 2.0j, -3.0 + 0.5j], jnp.complex64)
+    tx = ALL[name](1e-2, 1e-1)
+    u, _ = tx.update(jnp.zeros_like(w), tx.init(w), w)
+    new = w + u
+    assert new.dtype == jnp.complex64
+    if name == "adam_l2":  # the penalty's gradient is w itself: Adam's first step moves by alpha
+        return
+    ratio = new / w
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
+    assert float(jnp.abs(ratio[0])) < 1 and abs(float(jnp.angle(ratio[0]))) < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_params_not_matching_grads(name):
+    params = make_params(jnp.float32)
+    tx = ALL[name](1e-3, 1e-3)
+    state = tx.init(params)
+    grads = {k: v for k, v in params.items() if k != "b"}
+    with pytest.raises(ValueError, match="different tree structures"):
+        tx.update(grads, state, params)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_empty_tree(name):
+    tx = ALL[name](1e-3, 1e-3, mask=od.weight_decay_mask)
+    u, _ = jax.jit(tx.update)({}, tx.init({}), {})
+    assert u == {}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_none_leaves_pass_through(name):
+    params = {"w": jnp.ones((2, 3)), "frozen": None}
+    tx = ALL[name](1e-2, 1e-2, mask=od.weight_decay_mask)
+    state = tx.init(params)
+    grads = {"w": jnp.ones((2, 3)), "frozen": None}
+    u, _ = jax.jit(tx.update)(grads, state, params)
+    assert u["frozen"] is None
+    chex.assert_tree_all_finite(u["w"])
+
+
+def test_bad_momentum():
+    with pytest.raises(ValueError, match="`momentum` must be a finite number >= 0"):
+        od.sgdw(1e-3, 1e-4, momentum=float("nan"))
+    with pytest.raises(ValueError, match="`momentum`"):
+        od.sgd_l2(1e-3, 1e-4, momentum=-0.9)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda wd: od.add_l2_to_grad(wd),
+        lambda wd: od.decoupled_decay(wd, schedule=0.5),
+        lambda wd: od.prox_l2(wd, schedule=0.5),
+        lambda wd: od.adaptive_decay(1e-2, wd, schedule=0.5),
+        lambda wd: od.master_weights(od.adamw(1e-2, wd)),
+    ],
+    ids=["add_l2_to_grad", "decoupled_decay", "prox_l2", "adaptive_decay", "master_weights"],
+)
+def test_transforms_under_inject_hyperparams(make):
+    params = make_params(jnp.float32)
+    grads = make_grads(params, 3)
+    injected = optax.inject_hyperparams(lambda weight_decay: make(weight_decay))(weight_decay=0.05)
+    plain = make(0.05)
+    si, sp, pi, pp = injected.init(params), plain.init(params), params, params
+    for g in grads:
+        ui, si = jax.jit(injected.update)(g, si, pi)
+        up, sp = plain.update(g, sp, pp)
+        pi, pp = optax.apply_updates(pi, ui), optax.apply_updates(pp, up)
+    chex.assert_trees_all_close(pi, pp, rtol=1e-6, atol=1e-7)

@@ -1,0 +1,150 @@
+"""Low-precision params: a warning when decay is lost, and float32 master weights.
+
+With bfloat16 params, ``w * (1 - eta*lambda)`` rounds back to ``w`` whenever
+``eta*lambda`` is below about half the dtype's resolution (``2**-8`` for
+bfloat16): the decay is silently lost, step after step. The remedy chosen here
+is float32 master weights: :func:`master_weights` keeps a float32 copy of the
+params, runs the whole optimizer on it (so the moments are float32 too) and
+hands back the update that moves the low-precision params to the rounded
+master copy. It is deterministic, unlike stochastic rounding, at the price of
+4 bytes per parameter.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_decay._checks import concrete_float, require_params
+
+
+class DecayPrecisionWarning(UserWarning):
+    """A constant decay factor is below the resolution of the params' dtype."""
+
+
+DECAY_PRECISION_MSG = (
+    "`{name}`: the decay eta_t*lambda = {rate:.3g} per step is below the resolution of "
+    "{dtype} params (eps/2 = {limit:.3g}), so `w*(1 - eta_t*lambda)` rounds back to `w` "
+    "and the decay is lost. Wrap the optimizer in `optax_decay.master_weights(...)` to "
+    "keep float32 master weights, or keep the params in float32."
+)
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_if_decay_lost(name: str, rate: Any, dtype: Any) -> None:
+    """Warns once per (transform, dtype) if a concrete decay rate is below resolution."""
+    value = concrete_float(rate)
+    if value is None or value <= 0 or not jnp.issubdtype(dtype, jnp.floating):
+        return
+    limit = float(jnp.finfo(dtype).eps) / 2
+    key = (name, np.dtype(dtype).name)
+    if value < limit and key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            DECAY_PRECISION_MSG.format(name=name, rate=value, dtype=key[1], limit=limit),
+            DecayPrecisionWarning,
+            stacklevel=4,
+        )
+
+
+class MasterWeightsState(NamedTuple):
+    """State of :func:`master_weights`."""
+
+    master: optax.Params  # low-precision leaves in `dtype` (float32); None for the others.
+    inner_state: optax.OptState  # the wrapped optimizer's state, built on `master`.
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _is_low(x: Any, dtype: Any) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < jnp.finfo(dtype).bits
+
+
+def master_weights(
+    inner: optax.GradientTransformation, dtype: Any = jnp.float32
+) -> optax.GradientTransformationExtraArgs:
+    r"""Runs ``inner`` on a float32 master copy of low-precision params.
+
+    .. math::
+
+      \bar w_{t+1} = \bar w_t + \mathrm{inner}(g_t, \bar w_t), \qquad
+      u_t = \mathrm{round}(\bar w_{t+1}) - w_t
+
+    where ``\bar w`` is the master copy in ``dtype`` and ``round`` casts to the
+    params' dtype, so that ``w_t + u_t`` is the rounded master copy. Leaves
+    already at ``dtype`` or wider are optimized as they are. Small decays
+    (``eta_t*lambda`` far below bfloat16's ``2**-8``) then accumulate in the
+    master copy instead of rounding away; the inner optimizer's moments are
+    float32 as well. Costs one ``dtype`` copy of the low-precision params;
+    leaves at ``dtype`` or wider get the inner update unchanged and no copy.
+
+    The master copy is the source of truth: params changed outside the
+    optimizer (e.g. reloaded) must be restored together with this state.
+
+    Args:
+      inner: the optimizer, e.g. ``optax_decay.adamw(...)``.
+      dtype: the master dtype, float32 by default.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optax_decay
+      >>> w = jnp.ones(3, jnp.bfloat16)
+      >>> zero = jnp.zeros(3, jnp.bfloat16)
+      >>> for tx in [optax_decay.sgdw(0.0, 1e-3), optax_decay.master_weights(optax_decay.sgdw(0.0, 1e-3))]:
+      ...     p, state = w, tx.init(w)
+      ...     for _ in range(100):
+      ...         u, state = tx.update(zero, state, p)
+      ...         p = optax.apply_updates(p, u)
+      ...     print(p[0])
+      1
+      0.90625
+    """
+    inner = optax.with_extra_args_support(inner)
+
+    def working(master, params):
+        return jax.tree.map(lambda m, p: p if m is None else m, master, params, is_leaf=_is_none)
+
+    def init_fn(params):
+        master = jax.tree.map(
+            lambda p: p.astype(dtype) if _is_low(p, dtype) else None, params, is_leaf=_is_none
+        )
+        return MasterWeightsState(master=master, inner_state=inner.init(working(master, params)))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        require_params("master_weights", updates, params)
+        grads = jax.tree.map(
+            lambda m, g: g if m is None else g.astype(m.dtype),
+            state.master,
+            updates,
+            is_leaf=_is_none,
+        )
+        u, inner_state = inner.update(
+            grads, state.inner_state, working(state.master, params), **extra_args
+        )
+        master = jax.tree.map(
+            lambda m, d: None if m is None else (m + d).astype(m.dtype),
+            state.master,
+            u,
+            is_leaf=_is_none,
+        )
+        # In the params' dtype: w + (round(m) - w) == round(m) when the two are close.
+        updates = jax.tree.map(
+            lambda m, d, p: d if m is None else m.astype(p.dtype) - p,
+            master,
+            u,
+            params,
+            is_leaf=_is_none,
+        )
+        return updates, MasterWeightsState(master=master, inner_state=inner_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,122 @@
+"""bf16 params: decoupled decay is lost, the warning says so, master weights keep it."""
+
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import ALL
+
+import optax_decay as od
+from optax_decay import _precision
+
+DECOUPLED = ["adamw", "adamw_coupled", "prox_adam", "sgdw", "sgdw_nesterov"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_warning_registry():
+    _precision._warned.clear()
+    yield
+    _precision._warned.clear()
+
+
+def decay_only(tx, params, steps):
+    """`steps` updates with zero gradients: only the decay moves the weights."""
+    zero = jax.tree.map(jnp.zeros_like, params)
+
+    @jax.jit
+    def run(params, state):
+        def body(_, carry):
+            p, s = carry
+            u, s = tx.update(zero, s, p)
+            return optax.apply_updates(p, u), s
+
+        return jax.lax.fori_loop(0, steps, body, (params, state))
+
+    return run(params, tx.init(params))[0]
+
+
+def lr_and_decay(name, rate):
+    """(alpha, lambda) whose decay per step is `rate` in the optimizer's own convention."""
+    alpha = 1e-2
+    return alpha, rate / alpha if name == "adamw_coupled" else rate
+
+
+@pytest.mark.parametrize("name", DECOUPLED)
+def test_bf16_decay_is_lost_and_warned(name):
+    params = {"w": jnp.linspace(0.5, 4.0, 16, dtype=jnp.bfloat16)}
+    with pytest.warns(od.DecayPrecisionWarning, match="below the resolution of bfloat16"):
+        out = decay_only(ALL[name](*lr_and_decay(name, 1e-5)), params, 1000)
+    # 1000 steps of (1 - 1e-5) should shrink by 1%, far more than bf16 rounding: but nothing moved.
+    chex.assert_trees_all_equal(out, params)
+
+
+@pytest.mark.parametrize("name", DECOUPLED)
+def test_master_weights_apply_the_decay(name):
+    params = {"w": jnp.linspace(0.5, 4.0, 16, dtype=jnp.bfloat16)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", od.DecayPrecisionWarning)  # the inner runs in float32
+        out = decay_only(od.master_weights(ALL[name](*lr_and_decay(name, 1e-5))), params, 1000)
+    assert out["w"].dtype == jnp.bfloat16
+    w0 = np.asarray(params["w"], np.float64)
+    factor = (1 - 1e-5) ** 1000 if "prox" not in name else (1 + 1e-5) ** -1000
+    # Within one bf16 rounding of the exact decay.
+    np.testing.assert_allclose(np.asarray(out["w"], np.float64), w0 * factor, rtol=2**-8)
+    assert np.all(np.asarray(out["w"], np.float64) < w0)
+
+
+def test_master_weights_state_and_float32_passthrough():
+    params = {"low": jnp.ones(4, jnp.bfloat16), "full": jnp.ones(4, jnp.float32)}
+    tx = od.master_weights(od.adamw(1e-2, 1e-4))
+    state = tx.init(params)
+    assert state.master["low"].dtype == jnp.float32
+    mu = optax.tree_utils.tree_get(state, "mu")
+    assert {x.dtype for x in jax.tree.leaves(mu)} == {jnp.dtype(jnp.float32)}
+    g = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+    u, state = tx.update(g, state, params)
+    assert u["low"].dtype == jnp.bfloat16 and u["full"].dtype == jnp.float32
+    assert state.master["full"] is None  # no copy of leaves that are float32 already
+    # A float32 leaf follows the plain optimizer exactly.
+    ref = od.adamw(1e-2, 1e-4)
+    with pytest.warns(od.DecayPrecisionWarning):  # the plain optimizer on the bf16 leaf
+        ru, _ = ref.update(g, ref.init(params), params)
+    chex.assert_trees_all_equal(u["full"], ru["full"])
+
+
+def test_master_weights_equals_float32_run():
+    rng = np.random.default_rng(0)
+    w32 = {"w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
+    grads = [{"w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)} for _ in range(20)]
+    tx32 = od.adamw(1e-2, 1e-3)
+    txm = od.master_weights(od.adamw(1e-2, 1e-3))
+    p32, s32 = w32, tx32.init(w32)
+    pm = jax.tree.map(lambda x: x.astype(jnp.bfloat16), w32)
+    sm = txm.init(pm)
+    sm = sm._replace(master=w32)  # start from the same float32 point
+    for g in grads:
+        u, s32 = tx32.update(g, s32, p32)
+        p32 = optax.apply_updates(p32, u)
+        u, sm = txm.update(jax.tree.map(lambda x: x.astype(jnp.bfloat16), g), sm, pm)
+        pm = optax.apply_updates(pm, u)
+    # The master copy saw bf16 gradients; the bf16 params are its rounding.
+    chex.assert_trees_all_equal(pm, jax.tree.map(lambda x: x.astype(jnp.bfloat16), sm.master))
+    chex.assert_trees_all_close(sm.master, p32, rtol=0.05, atol=0.02)
+
+
+def test_warning_only_once_and_not_for_float32():
+    params = {"w": jnp.ones(4, jnp.bfloat16)}
+    tx = od.adamw(1e-3, 1e-5)
+    with pytest.warns(od.DecayPrecisionWarning) as record:
+        for _ in range(3):
+            tx.update(params, tx.init(params), params)
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", od.DecayPrecisionWarning)
+        p32 = {"w": jnp.ones(4, jnp.float32)}
+        tx.update(p32, tx.init(p32), p32)
+        # A large enough decay for bf16 does not warn either.
+        big = od.sgdw(1e-3, 1e-2)
+        big.update(params, big.init(params), params)
