@@ -25,14 +25,17 @@ def _step(learning_rate, schedule) -> optax.GradientTransformation:
     return optax.scale_by_learning_rate(step_size(learning_rate, schedule))
 
 
-def _checked(name: str) -> optax.GradientTransformation:
-    """First in every chain: ``params`` given, matching the gradients, floating point."""
+def _checked(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` with its inputs checked first: ``params`` given, matching the gradients.
+
+    A wrapper rather than a chain element, so that the state is the chain's own.
+    """
 
     def update_fn(updates, state, params=None):
         require_params(name, updates, params)
-        return updates, state
+        return tx.update(updates, state, params)
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+    return optax.GradientTransformation(tx.init, update_fn)
 
 
 def _momentum(momentum, nesterov) -> optax.GradientTransformation:
@@ -80,11 +83,13 @@ def sgd_l2(
       >>> w + u  # 2 - 0.1 * (1 + 0.5 * 2)
       Array([1.8], dtype=float32)
     """
-    return optax.chain(
-        _checked("sgd_l2"),
-        add_l2_to_grad(weight_decay, mask),
-        _momentum(momentum, nesterov),
-        _step(learning_rate, schedule),
+    return _checked(
+        "sgd_l2",
+        optax.chain(
+            add_l2_to_grad(weight_decay, mask),
+            _momentum(momentum, nesterov),
+            _step(learning_rate, schedule),
+        ),
     )
 
 
@@ -130,11 +135,13 @@ def sgdw(
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, 2019,
       https://arxiv.org/abs/1711.05101
     """
-    return optax.chain(
-        _checked("sgdw"),
-        _momentum(momentum, nesterov),
-        _step(learning_rate, schedule),
-        decoupled_decay(weight_decay, schedule, mask),
+    return _checked(
+        "sgdw",
+        optax.chain(
+            _momentum(momentum, nesterov),
+            _step(learning_rate, schedule),
+            decoupled_decay(weight_decay, schedule, mask),
+        ),
     )
 
 
@@ -171,11 +178,13 @@ def adam_l2(
     Returns:
       An :class:`optax.GradientTransformation`.
     """
-    return optax.chain(
-        _checked("adam_l2"),
-        add_l2_to_grad(weight_decay, mask),
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
-        _step(learning_rate, schedule),
+    return _checked(
+        "adam_l2",
+        optax.chain(
+            add_l2_to_grad(weight_decay, mask),
+            scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+            _step(learning_rate, schedule),
+        ),
     )
 
 
@@ -232,11 +241,13 @@ def adamw(
       https://arxiv.org/abs/1711.05101
     """
     decay_schedule = step_size(learning_rate, schedule) if coupled else schedule
-    return optax.chain(
-        _checked("adamw"),
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
-        _step(learning_rate, schedule),
-        decoupled_decay(weight_decay, decay_schedule, mask),
+    return _checked(
+        "adamw",
+        optax.chain(
+            scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+            _step(learning_rate, schedule),
+            decoupled_decay(weight_decay, decay_schedule, mask),
+        ),
     )
 
 
@@ -277,11 +288,13 @@ def prox_adam(
       Zhuang et al., *Understanding AdamW through Proximal Methods and
       Scale-Freeness*, TMLR 2022, https://arxiv.org/abs/2202.00089
     """
-    return optax.chain(
-        _checked("prox_adam"),
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
-        _step(learning_rate, schedule),
-        prox_l2(weight_decay, schedule, mask),
+    return _checked(
+        "prox_adam",
+        optax.chain(
+            scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
+            _step(learning_rate, schedule),
+            prox_l2(weight_decay, schedule, mask),
+        ),
     )
 
 

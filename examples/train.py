@@ -1,0 +1,662 @@
+"""Train a small MLP on digits with any optax_decay optimizer; checkpoint and resume with Orbax.
+
+A 64 -> 128 -> LayerNorm -> ReLU -> 10 MLP, written in plain JAX (a dict of
+params, so the checkpoint is exactly ``(params, opt_state, step)``), trained on
+scikit-learn's bundled 8x8 digits (no download) with a cosine schedule
+``eta_t`` and, by default, ``mask=optax_decay.weight_decay_mask``.
+
+Checkpoints are written with ``orbax.checkpoint.CheckpointManager`` every
+``--checkpoint-every`` steps, at the last step and (Orbax's ``InitialSavePolicy``)
+after the first step of a fresh run, keeping the newest ``--keep``. A run started again with the same ``--checkpoint-dir`` resumes from
+the newest *complete* checkpoint and ends with bit-identical params to a run
+that was never interrupted:
+
+* the batch of step ``t`` is a pure function of ``(seed, t)`` (one seeded
+  permutation per epoch), so a resumed run sees exactly the same batches;
+* Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
+  ``<step>`` only once everything is written (the rename is the commit, on a
+  local file system); ``CheckpointManager.latest_step()`` lists committed steps
+  only, so a checkpoint cut off by a crash is never loaded, and the leftover
+  temporary directory is removed when the next run opens the directory;
+* saves are synchronous, and the manager is closed (``wait_until_finished``)
+  before the final params are written.
+
+Restoring checks the checkpoint's tree (structure, shapes, dtypes, read from
+Orbax's metadata) against the params and optimizer state of this run and
+raises a ``ValueError`` naming both when they differ (another optimizer,
+another mask, another model), instead of Orbax's own errors, or a silent cast
+of the dtypes. The run's flags that change the trajectory are stored with the
+checkpoint and must match on resume too.
+
+Run::
+
+    python examples/train.py --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
+    # interrupt it (Ctrl-C, kill -9, preemption), then run the same command again
+    python examples/train.py --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
+
+The save/restore helpers (``make_manager``, ``save``, ``restore``) can be
+imported on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
+
+import optax_decay
+
+MOMENTUM = 0.9
+SGD_LR = 0.05
+ADAM_LR = 3e-3
+
+# name -> (factory(learning_rate, weight_decay, schedule, mask), default lr, default weight decay).
+# The paper-convention decays (sgdw, adamw, prox_adam) are per step: 1e-3 is a timescale of
+# ~1000 steps; the L2 penalties and AdamP's lambda are in gradient units.
+OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], float, float]] = {
+    "sgd_l2": (
+        lambda lr, wd, s, m: optax_decay.sgd_l2(lr, wd, momentum=MOMENTUM, schedule=s, mask=m),
+        SGD_LR,
+        5e-3,
+    ),
+    "sgdw": (
+        lambda lr, wd, s, m: optax_decay.sgdw(lr, wd, momentum=MOMENTUM, schedule=s, mask=m),
+        SGD_LR,
+        1e-3,
+    ),
+    "adam_l2": (
+        lambda lr, wd, s, m: optax_decay.adam_l2(lr, wd, schedule=s, mask=m),
+        ADAM_LR,
+        1e-3,
+    ),
+    "adamw": (
+        lambda lr, wd, s, m: optax_decay.adamw(lr, wd, schedule=s, mask=m),
+        ADAM_LR,
+        1e-3,
+    ),
+    "adamw_coupled": (
+        lambda lr, wd, s, m: optax_decay.adamw(lr, wd, coupled=True, schedule=s, mask=m),
+        ADAM_LR,
+        1e-3 / ADAM_LR,
+    ),
+    "prox_adam": (
+        lambda lr, wd, s, m: optax_decay.prox_adam(lr, wd, schedule=s, mask=m),
+        ADAM_LR,
+        1e-3,
+    ),
+    "adamp": (
+        lambda lr, wd, s, m: optax_decay.adamp(lr, wd, schedule=s, mask=m),
+        ADAM_LR,
+        1e-2,
+    ),
+}
+
+MASKS = {"kernels": optax_decay.weight_decay_mask, "all": None}
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float | None = None,
+    weight_decay: float | None = None,
+    *,
+    mask: str = "kernels",
+    steps: int,
+) -> optax.GradientTransformation:
+    """``OPTIMIZERS[name]`` with a cosine schedule ``eta_t`` over ``steps`` and ``MASKS[mask]``."""
+    factory, lr, wd = OPTIMIZERS[name]
+    return factory(
+        lr if learning_rate is None else learning_rate,
+        wd if weight_decay is None else weight_decay,
+        optax.cosine_decay_schedule(1.0, steps),
+        MASKS[mask],
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Data and model
+# ------------------------------------------------------------------------------------------
+
+
+class Data(NamedTuple):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_data(seed: int) -> Data:
+    """The 1797 8x8 digits, pixels scaled to [0, 1], a stratified 75/25 split fixed by ``seed``."""
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, random_state=seed, stratify=y
+    )
+    return Data(x_train, y_train, x_test, y_test)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+    """The example indices of step ``step``: a pure function of ``(seed, step)``.
+
+    Each epoch is a permutation seeded by ``(seed, epoch)``, cut into full batches
+    (the remainder is dropped), so a run resumed at any step sees the same batches.
+    """
+    per_epoch = num_examples // batch_size
+    epoch, i = divmod(step, per_epoch)
+    perm = _epoch_permutation(seed, epoch, num_examples)
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def init_params(seed: int, d_in: int = 64, d_hidden: int = 128, d_out: int = 10) -> dict:
+    """LeCun-normal kernels, zero biases, unit LayerNorm scale (Flax's names), float32.
+
+    Drawn with NumPy: a pure function of ``seed``, and no XLA compilations at startup.
+    """
+    rng = np.random.default_rng([seed, 1])
+
+    def kernel(fan_in, fan_out):
+        return jnp.asarray(rng.normal(0.0, fan_in**-0.5, (fan_in, fan_out)), jnp.float32)
+
+    return {
+        "hidden": {"kernel": kernel(d_in, d_hidden), "bias": jnp.zeros(d_hidden)},
+        "norm": {"scale": jnp.ones(d_hidden), "bias": jnp.zeros(d_hidden)},
+        "out": {"kernel": kernel(d_hidden, d_out), "bias": jnp.zeros(d_out)},
+    }
+
+
+def apply(params: dict, x: jax.Array) -> jax.Array:
+    h = x @ params["hidden"]["kernel"] + params["hidden"]["bias"]
+    mean = h.mean(-1, keepdims=True)
+    var = jnp.square(h - mean).mean(-1, keepdims=True)
+    h = (h - mean) * jax.lax.rsqrt(var + 1e-6) * params["norm"]["scale"] + params["norm"]["bias"]
+    return jax.nn.relu(h) @ params["out"]["kernel"] + params["out"]["bias"]
+
+
+def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+
+
+def make_train_step(tx: optax.GradientTransformation) -> Callable:
+    """``(params, opt_state, x, y, idx) -> (params, opt_state, loss)`` on the batch ``idx``."""
+
+    @jax.jit
+    def train_step(params, opt_state, x, y, idx):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return train_step
+
+
+@jax.jit
+def evaluate(params: dict, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = apply(params, x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------
+
+STATE_ITEM = "state"  # params, opt_state and step (StandardSave)
+META_ITEM = "meta"  # JSON: the trees' structures and the run's config
+
+MISMATCH_MSG = (
+    "Cannot restore step {step} from {directory}: {what}.\n"
+    "  checkpoint:   {saved}\n"
+    "  this run:     {target}\n"
+    "{details}"
+    "{fix}"
+)
+OPT_STATE_FIX = (
+    "Build the same optimizer (same optimizer and same mask) as the run that wrote the "
+    "checkpoint, or start a fresh run with a new --checkpoint-dir."
+)
+PARAMS_FIX = (
+    "Restore into params of the same model and dtypes as the run that wrote the checkpoint, "
+    "or start a fresh run with a new --checkpoint-dir."
+)
+CONFIG_MSG = (
+    "Cannot resume from {directory}: its checkpoints were written with other settings, "
+    "which would change the run.\n{details}\n"
+    "Pass the same flags as the run that wrote them, or start a fresh run with a new "
+    "--checkpoint-dir."
+)
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the params/optimizer (or the flags) of this run."""
+
+
+class Restored(NamedTuple):
+    step: int
+    params: Any
+    opt_state: Any
+    meta: dict
+
+
+def make_manager(
+    directory: str | os.PathLike, *, every: int = 1, keep: int | None = 3
+) -> ocp.CheckpointManager:
+    """A manager that saves synchronously every ``every`` steps and keeps the newest ``keep``.
+
+    ``cleanup_tmp_directories`` removes what a crash left of an uncommitted save.
+    """
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every,
+        max_to_keep=keep,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(),
+        options=options,
+        item_handlers={
+            STATE_ITEM: ocp.StandardCheckpointHandler(),
+            META_ITEM: ocp.JsonCheckpointHandler(),
+        },
+    )
+
+
+def _state_tree(params: Any, opt_state: Any, step: int) -> dict:
+    return {"params": params, "opt_state": opt_state, "step": step}
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    params: Any,
+    opt_state: Any,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> bool:
+    """Saves ``(params, opt_state, step)`` as step ``step`` if the manager's interval says so.
+
+    ``meta`` (JSON) is stored next to it, with the structures of the two trees.
+    Returns whether a checkpoint was written; ``force`` writes one off the interval.
+    """
+    if not (force or manager.should_save(step)):
+        return False
+    meta = {
+        "params_structure": str(jax.tree.structure(params)),
+        "opt_state_structure": str(jax.tree.structure(opt_state)),
+        **(meta or {}),
+    }
+    return manager.save(
+        step,
+        args=ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardSave(_state_tree(params, opt_state, step)),
+                META_ITEM: ocp.args.JsonSave(meta),
+            }
+        ),
+        force=force,
+    )
+
+
+def _is_empty(x: Any) -> bool:
+    return x is None or (isinstance(x, (tuple, list, dict)) and not x)
+
+
+def _describe(x: Any) -> str:
+    """``float32[64,128]`` for arrays and array metadata, ``(empty)`` for empty nodes."""
+    if _is_empty(x):  # None, optax.EmptyState(), optax.MaskedNode(), {} ...
+        return "(empty)"
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    shape = np.shape(x) if shape is None else shape
+    dtype = np.result_type(x) if dtype is None else dtype
+    return f"{np.dtype(dtype).name}[{','.join(map(str, shape))}]"
+
+
+def _flat(tree: Any) -> dict[str, str]:
+    """``{"opt_state/0/mu/hidden/kernel": "float32[64,128]", ...}``, empty nodes included.
+
+    The keys are Orbax's own (NamedTuple fields and tuple indices become dict keys
+    and list indices), so a template and a checkpoint's metadata compare directly.
+    """
+    flat = ocp.tree.to_flat_dict(tree, keep_empty_nodes=True)
+    return {"/".join(map(str, k)): _describe(v) for k, v in flat.items()}
+
+
+def _differences(saved: dict[str, str], target: dict[str, str], limit: int = 6) -> str:
+    lines = []
+
+    def show(title, items):
+        if items:
+            more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+            lines.append(f"  {title}: {', '.join(items[:limit])}{more}\n")
+
+    show("only in the checkpoint", sorted(saved.keys() - target.keys()))
+    show("only in this run", sorted(target.keys() - saved.keys()))
+    show(
+        "different shape or dtype (checkpoint -> this run)",
+        [
+            f"{k}: {saved[k]} -> {target[k]}"
+            for k in sorted(saved.keys() & target.keys())
+            if saved[k] != target[k]
+        ],
+    )
+    return "".join(lines)
+
+
+def _shorten(text: str, limit: int = 1500) -> str:
+    return text if len(text) <= limit else text[: limit - 5] + " ...)"
+
+
+def _structure(treedef: str, params_treedef: str) -> str:
+    """``treedef`` with every copy of the params' structure written ``<params>``."""
+    prefix = "PyTreeDef("
+    inner = params_treedef[len(prefix) : -1] if params_treedef.startswith(prefix) else ""
+    return _shorten(treedef.replace(inner, "<params>") if inner else treedef)
+
+
+def check_structure(
+    manager: ocp.CheckpointManager, step: int, params_template: Any, opt_state_template: Any
+) -> None:
+    """Raises :class:`CheckpointMismatchError` unless step ``step`` fits the templates.
+
+    Compares the checkpoint's tree metadata (every leaf's path, shape and dtype,
+    and the empty nodes) with the templates' before anything is restored: Orbax
+    itself would raise a terse error, or cast the dtypes silently.
+    """
+    saved_tree = manager.item_metadata(step)[STATE_ITEM]
+    saved_tree = getattr(saved_tree, "tree", saved_tree)  # TreeMetadata -> its tree
+    saved = _flat(saved_tree)
+    target = _flat(_state_tree(params_template, opt_state_template, 0))
+    if saved == target:
+        return
+    meta = _read_meta(manager, step)  # the exact structures the checkpoint was saved from
+    saved_params = meta.get("params_structure", "")
+    target_params = str(jax.tree.structure(params_template))
+    for name, what, fix, saved_str, target_str in (
+        (
+            "params",
+            "the checkpoint's params have a different structure, shape or dtype",
+            PARAMS_FIX,
+            _shorten(saved_params or str(jax.tree.structure(saved_tree.get("params")))),
+            _shorten(target_params),
+        ),
+        (
+            "opt_state",
+            "the checkpoint was written by an optimizer with a different state structure",
+            OPT_STATE_FIX,
+            _structure(
+                meta.get("opt_state_structure")
+                or str(jax.tree.structure(saved_tree.get("opt_state"))),
+                saved_params,
+            ),
+            _structure(str(jax.tree.structure(opt_state_template)), target_params),
+        ),
+        (
+            "step",
+            "the checkpoint does not hold (params, opt_state, step)",
+            PARAMS_FIX,
+            _shorten(str(jax.tree.structure(saved_tree))),
+            str(jax.tree.structure(_state_tree(0, 0, 0))),
+        ),
+    ):
+        # The last case compares the whole trees: whatever differs outside params and opt_state.
+        sub_saved = {k: v for k, v in saved.items() if name == "step" or k.startswith(name + "/")}
+        sub_target = {k: v for k, v in target.items() if name == "step" or k.startswith(name + "/")}
+        if sub_saved != sub_target:
+            raise CheckpointMismatchError(
+                MISMATCH_MSG.format(
+                    step=step,
+                    directory=manager.directory,
+                    what=what,
+                    saved=saved_str,
+                    target=target_str,
+                    details=_differences(sub_saved, sub_target),
+                    fix=fix,
+                )
+            )
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    restored = manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+    return dict(restored[META_ITEM] or {})
+
+
+def restore(
+    manager: ocp.CheckpointManager,
+    params_template: Any,
+    opt_state_template: Any,
+    *,
+    step: int | None = None,
+) -> Restored | None:
+    """Restores step ``step`` (default: the newest committed one) into the templates' trees.
+
+    Returns ``None`` when the directory holds no committed checkpoint. The
+    templates (e.g. ``params`` and ``tx.init(params)``) give the structure,
+    dtypes and shardings; a checkpoint that does not fit them raises
+    :class:`CheckpointMismatchError` (a ``ValueError``) naming both structures.
+    """
+    if step is None:
+        step = manager.latest_step()
+        if step is None:
+            return None
+    check_structure(manager, step, params_template, opt_state_template)
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                STATE_ITEM: ocp.args.StandardRestore(
+                    _state_tree(params_template, opt_state_template, 0)
+                ),
+                META_ITEM: ocp.args.JsonRestore(),
+            }
+        ),
+    )
+    state = restored[STATE_ITEM]
+    if int(state["step"]) != step:
+        raise CheckpointMismatchError(
+            f"Checkpoint {manager.directory}/{step} holds step {int(state['step'])}; "
+            "the directory was edited by hand. Start a fresh run with a new --checkpoint-dir."
+        )
+    return Restored(step, state["params"], state["opt_state"], dict(restored[META_ITEM] or {}))
+
+
+# ------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """The flags that determine the trajectory; a resumed run must repeat them."""
+    return {
+        "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "mask": args.mask,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+
+
+def check_config(directory: Any, saved: Mapping[str, Any] | None, current: Mapping[str, Any]):
+    if saved is None:
+        return
+    diff = [
+        f"  --{k.replace('_', '-')}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+        for k in sorted(saved.keys() | current.keys())
+        if saved.get(k) != current.get(k)
+    ]
+    if diff:
+        raise CheckpointMismatchError(
+            CONFIG_MSG.format(directory=directory, details="\n".join(diff))
+        )
+
+
+def save_params(path: pathlib.Path, params: Any) -> None:
+    """Writes the params to ``path`` (npz, keys like ``hidden/kernel``) atomically."""
+    flat = {
+        "/".join(str(getattr(k, "key", k)) for k in kp): np.asarray(v)
+        for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default per optimizer")
+    parser.add_argument("--weight-decay", type=float, default=None, help="default per optimizer")
+    parser.add_argument(
+        "--mask", choices=sorted(MASKS), default="kernels", help="decay the kernels only, or all"
+    )
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="split, init and batch-order seed")
+    parser.add_argument("--checkpoint-dir", type=pathlib.Path, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=50, metavar="N")
+    parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resume from the newest complete checkpoint in --checkpoint-dir (default)",
+    )
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="final params (.npz)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--step-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sleep after each step: makes a run slow enough to interrupt, for tests",
+    )
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or args.checkpoint_every < 1 or args.keep < 1:
+        parser.error("--steps, --batch-size, --checkpoint-every and --keep must be >= 1")
+    _, lr, wd = OPTIMIZERS[args.optimizer]
+    args.learning_rate = lr if args.learning_rate is None else args.learning_rate
+    args.weight_decay = wd if args.weight_decay is None else args.weight_decay
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    data = load_data(args.seed)
+    if args.batch_size > len(data.x_train):
+        raise SystemExit(f"--batch-size must be <= {len(data.x_train)} (the training set)")
+    config = run_config(args)
+    tx = make_optimizer(
+        args.optimizer, args.learning_rate, args.weight_decay, mask=args.mask, steps=args.steps
+    )
+    params = init_params(args.seed)
+    opt_state = tx.init(params)
+    start = 0
+
+    manager = None
+    if args.checkpoint_dir is not None:
+        manager = make_manager(args.checkpoint_dir, every=args.checkpoint_every, keep=args.keep)
+        latest = manager.latest_step()
+        if latest is not None and not args.resume:
+            manager.close()
+            raise SystemExit(
+                f"{args.checkpoint_dir} already holds checkpoints (newest: step {latest}). "
+                "Resume from it (drop --no-resume) or use a new --checkpoint-dir."
+            )
+        if latest is not None:
+            restored = restore(manager, params, opt_state)
+            check_config(manager.directory, restored.meta.get("config"), config)
+            if restored.step > args.steps:
+                manager.close()
+                raise SystemExit(
+                    f"{args.checkpoint_dir} is at step {restored.step}, past --steps {args.steps}."
+                )
+            start, params, opt_state = restored.step, restored.params, restored.opt_state
+            print(f"Resumed from step {start} of {manager.directory}.", file=sys.stderr)
+
+    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    train_step = make_train_step(tx)
+    begin = time.perf_counter()
+    try:
+        with tqdm(
+            total=args.steps,
+            initial=start,
+            unit="step",
+            disable=args.no_progress,
+            file=sys.stderr,
+            desc=args.optimizer,
+        ) as bar:
+            for step in range(start, args.steps):
+                idx = batch_indices(args.seed, step, len(data.x_train), args.batch_size)
+                params, opt_state, loss = train_step(params, opt_state, x_train, y_train, idx)
+                done = step + 1
+                if manager is not None:
+                    save(
+                        manager,
+                        done,
+                        params,
+                        opt_state,
+                        meta={"config": config},
+                        force=done == args.steps,
+                    )
+                bar.update(1)
+                if done % 10 == 0 and not bar.disable:
+                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                if args.step_delay:
+                    time.sleep(args.step_delay)
+    finally:
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+
+    train_loss, train_acc = map(float, evaluate(params, x_train, y_train))
+    test_loss, test_acc = map(
+        float, evaluate(params, jnp.asarray(data.x_test), jnp.asarray(data.y_test))
+    )
+    result = {
+        **config,
+        "resumed_from": start,
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "seconds": time.perf_counter() - begin,
+    }
+    print(
+        f"{args.optimizer}: {args.steps} steps (from step {start}), train loss {train_loss:.4f}, "
+        f"train accuracy {train_acc:.4f}, test loss {test_loss:.4f}, test accuracy {test_acc:.4f}"
+    )
+    if args.out is not None:
+        save_params(args.out, params)
+        print(f"Wrote {args.out}.")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CheckpointMismatchError as err:
+        sys.exit(f"error: {err}")
