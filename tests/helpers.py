@@ -8,6 +8,9 @@ the math and not with itself.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,20 @@ import numpy as np
 import optax
 
 import optax_decay as od
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str):
+    """Imports a script of the repo (``examples/demo.py``, ...) as a module."""
+    path = ROOT / relpath
+    name = f"optax_decay_script_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up in sys.modules
+    spec.loader.exec_module(module)
+    return module
+
 
 SHAPES = {"w": (3, 4), "b": (4,), "k": (2, 2, 3)}
 

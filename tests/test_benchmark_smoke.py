@@ -1,28 +1,16 @@
 """Smoke test of benchmarks/step_benchmark.py: --quick runs every optimizer on every tree."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_benchmark.py"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("step_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 # Donation is a no-op where a backend cannot reuse a buffer; that warning (and only
 # it) is harmless for a benchmark.
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable:UserWarning")
 def test_quick_benchmark_writes_every_record(tmp_path, capsys):
-    bench = _load_benchmark()
+    bench = load_script("benchmarks/step_benchmark.py")
     bench.main(["--quick", "--no-progress", "--out", str(tmp_path)])
 
     result = json.loads((tmp_path / "results.json").read_text())

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import random
@@ -33,6 +32,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from helpers import load_script
 
 import optax_decay
 
@@ -51,12 +51,7 @@ TRAIN_OPTIMIZERS = ("sgd_l2", "sgdw", "adam_l2", "adamw", "adamw_coupled", "prox
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("optax_decay_train", TRAIN_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script("examples/train.py")
 
 
 def _env():

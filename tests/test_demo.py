@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
-import pathlib
-import sys
 
 import pytest
-
-DEMO_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "demo.py"
+from helpers import load_script
 
 OPTIMIZERS = (
     "sgd_l2",
@@ -27,19 +23,9 @@ OPTIMIZERS = (
 DECOUPLED = ("sgdw", "adamw", "adamw(coupled=True)", "prox_adam", "adamp", "optax.adamw")
 
 
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("optax_decay_demo", DEMO_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up in sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def demo():
-    module = _load_demo()
-    yield module
-    sys.modules.pop("optax_decay_demo", None)
+    return load_script("examples/demo.py")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ group is killed at the end, whatever happens.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import signal
@@ -24,6 +23,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "multihost.py"
@@ -57,13 +57,6 @@ def _gloo_missing_reason() -> str | None:
     if not hasattr(_jax, "make_gloo_tcp_collectives"):
         return "this jaxlib has no gloo CPU collectives (make_gloo_tcp_collectives)"
     return None
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("optax_decay_multihost_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _child_env() -> dict[str, str]:
@@ -169,7 +162,7 @@ def _launch(
 def test_two_processes_match_one_process(tmp_path):
     if (reason := _gloo_missing_reason()) is not None:
         pytest.skip(reason)
-    example = _load_example()
+    example = load_script("examples/multihost.py")
     coordinator = f"127.0.0.1:{_free_port()}"
     two_out, one_out, nowd_out = (tmp_path / f"{n}.npz" for n in ("two", "one", "nowd"))
 
