@@ -30,8 +30,15 @@ class DecayPrecisionWarning(UserWarning):
 DECAY_PRECISION_MSG = (
     "`{name}`: the decay eta_t*lambda = {rate:.3g} per step is below the resolution of "
     "{dtype} params (eps/2 = {limit:.3g}), so `w*(1 - eta_t*lambda)` rounds back to `w` "
-    "and the decay is lost. Wrap the optimizer in `optax_decay.master_weights(...)` to "
-    "keep float32 master weights, or keep the params in float32."
+    "and the decay is lost. {fix}"
+)
+FIX_LOW = (
+    "Wrap the optimizer in `optax_decay.master_weights(...)` to keep float32 master "
+    "weights, or keep the params in float32."
+)
+FIX_WIDE = (
+    "Check the convention of `weight_decay` (the paper form is not multiplied by the "
+    "learning rate; see `optax_decay.coupled_to_paper`), or use wider params."
 )
 
 _warned: set[tuple[str, str]] = set()
@@ -47,9 +54,15 @@ def warn_if_decay_lost(name: str, rate: Any, dtype: Any) -> None:
     if value < limit and key not in _warned:
         _warned.add(key)
         warnings.warn(
-            DECAY_PRECISION_MSG.format(name=name, rate=value, dtype=key[1], limit=limit),
+            DECAY_PRECISION_MSG.format(
+                name=name,
+                rate=value,
+                dtype=key[1],
+                limit=limit,
+                fix=FIX_LOW if jnp.finfo(dtype).bits < 32 else FIX_WIDE,
+            ),
             DecayPrecisionWarning,
-            stacklevel=4,
+            stacklevel=5,  # the transformation's update_fn, past jax.tree.map
         )
 
 

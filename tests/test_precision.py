@@ -120,3 +120,11 @@ def test_warning_only_once_and_not_for_float32():
         # A large enough decay for bf16 does not warn either.
         big = od.sgdw(1e-3, 1e-2)
         big.update(params, big.init(params), params)
+
+
+def test_float32_warning_does_not_suggest_master_weights():
+    w = jnp.ones(3, jnp.float32)
+    tx = od.adamw(0.1, 1e-9)
+    with pytest.warns(od.DecayPrecisionWarning, match="Check the convention") as record:
+        tx.update(w, tx.init(w), w)
+    assert "master_weights" not in str(record[0].message)
