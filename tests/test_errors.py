@@ -33,9 +33,17 @@ def test_bad_weight_decay(name, bad):
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
-def test_transforms_reject_negative_weight_decay(name):
-    with pytest.raises(ValueError, match="`weight_decay`"):
-        TRANSFORMS[name](-1.0)
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_transforms_reject_bad_weight_decay(name, bad):
+    with pytest.raises(ValueError, match="`weight_decay` must be a finite number >= 0"):
+        TRANSFORMS[name](bad)
+
+
+@pytest.mark.parametrize("name", ["decoupled_decay", "prox_l2", "adaptive_decay"])
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
+def test_transforms_reject_bad_schedule(name, bad):
+    with pytest.raises(ValueError, match="`schedule` must be a finite number >= 0"):
+        TRANSFORMS[name](1e-3, schedule=bad)
 
 
 @pytest.mark.parametrize("make", [od.adamw, od.sgdw])
