@@ -26,10 +26,10 @@ import optax
 from optax_decay._checks import check_nonnegative
 
 
-def evaluate(value: Any, count: Any, default: float = 1.0) -> Any:
-    """Evaluates a float-or-schedule at step ``count`` (``None`` -> ``default``)."""
+def evaluate(value: Any, count: Any) -> Any:
+    """Evaluates a float-or-schedule at step ``count``; ``None`` (no schedule) is 1."""
     if value is None:
-        return default
+        return 1.0
     return value(count) if callable(value) else value
 
 
