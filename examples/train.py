@@ -65,45 +65,17 @@ MOMENTUM = 0.9
 SGD_LR = 0.05
 ADAM_LR = 3e-3
 
-# name -> (factory(learning_rate, weight_decay, schedule, mask), default lr, default weight decay).
+# name -> (factory(learning_rate, weight_decay, *, schedule, mask), default lr, default weight decay).
 # The paper-convention decays (sgdw, adamw, prox_adam) are per step: 1e-3 is a timescale of
 # ~1000 steps; the L2 penalties and AdamP's lambda are in gradient units.
 OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], float, float]] = {
-    "sgd_l2": (
-        lambda lr, wd, s, m: optax_decay.sgd_l2(lr, wd, momentum=MOMENTUM, schedule=s, mask=m),
-        SGD_LR,
-        5e-3,
-    ),
-    "sgdw": (
-        lambda lr, wd, s, m: optax_decay.sgdw(lr, wd, momentum=MOMENTUM, schedule=s, mask=m),
-        SGD_LR,
-        1e-3,
-    ),
-    "adam_l2": (
-        lambda lr, wd, s, m: optax_decay.adam_l2(lr, wd, schedule=s, mask=m),
-        ADAM_LR,
-        1e-3,
-    ),
-    "adamw": (
-        lambda lr, wd, s, m: optax_decay.adamw(lr, wd, schedule=s, mask=m),
-        ADAM_LR,
-        1e-3,
-    ),
-    "adamw_coupled": (
-        lambda lr, wd, s, m: optax_decay.adamw(lr, wd, coupled=True, schedule=s, mask=m),
-        ADAM_LR,
-        1e-3 / ADAM_LR,
-    ),
-    "prox_adam": (
-        lambda lr, wd, s, m: optax_decay.prox_adam(lr, wd, schedule=s, mask=m),
-        ADAM_LR,
-        1e-3,
-    ),
-    "adamp": (
-        lambda lr, wd, s, m: optax_decay.adamp(lr, wd, schedule=s, mask=m),
-        ADAM_LR,
-        1e-2,
-    ),
+    "sgd_l2": (functools.partial(optax_decay.sgd_l2, momentum=MOMENTUM), SGD_LR, 5e-3),
+    "sgdw": (functools.partial(optax_decay.sgdw, momentum=MOMENTUM), SGD_LR, 1e-3),
+    "adam_l2": (optax_decay.adam_l2, ADAM_LR, 1e-3),
+    "adamw": (optax_decay.adamw, ADAM_LR, 1e-3),
+    "adamw_coupled": (functools.partial(optax_decay.adamw, coupled=True), ADAM_LR, 1e-3 / ADAM_LR),
+    "prox_adam": (optax_decay.prox_adam, ADAM_LR, 1e-3),
+    "adamp": (optax_decay.adamp, ADAM_LR, 1e-2),
 }
 
 MASKS = {"kernels": optax_decay.weight_decay_mask, "all": None}
@@ -122,8 +94,8 @@ def make_optimizer(
     return factory(
         lr if learning_rate is None else learning_rate,
         wd if weight_decay is None else weight_decay,
-        optax.cosine_decay_schedule(1.0, steps),
-        MASKS[mask],
+        schedule=optax.cosine_decay_schedule(1.0, steps),
+        mask=MASKS[mask],
     )
 
 

@@ -342,7 +342,7 @@ def test_round_trip_every_optimizer(tmp_path, train, name, dtype):
     # eta_t * lambda ~ 0.05 per step (lambda * lr for the coupled form), well above bfloat16's
     # resolution, so the decay changes the params (no DecayPrecisionWarning).
     weight_decay = 5.0 if name == "adamw_coupled" else 0.05
-    tx = factory(1e-2, weight_decay, schedule, optax_decay.weight_decay_mask)
+    tx = factory(1e-2, weight_decay, schedule=schedule, mask=optax_decay.weight_decay_mask)
     params0 = _params(dtype)
     params, state = _updates(tx, params0, tx.init(params0), 3)
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params, params0)
