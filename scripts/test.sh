@@ -8,5 +8,6 @@ source scripts/venv.sh test
 # parity tests skip if it cannot be installed.
 .venv/bin/python -m pip install -q torch==2.13.0 ||
   echo "warning: torch==2.13.0 not installed; torch parity tests will be skipped"
+bash scripts/setup_data.sh
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"
