@@ -29,7 +29,7 @@ FILES = {
 DATASETS = ("fashion_mnist", "digits")
 
 MISSING_MSG = (
-    "Fashion-MNIST not found in {folder}: no {missing}.\n"
+    "Fashion-MNIST not found in {folder}: no {missing}. "
     "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
     "`bash scripts/setup_data.sh` does this), or put the four IDX files "
     "({names}) in a folder and pass it with `--data-dir`. "

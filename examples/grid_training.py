@@ -76,9 +76,15 @@ class GridResult:
         return out
 
 
-def make_tx(optimizer: str, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """``optimizer`` with injectable ``learning_rate`` and ``weight_decay`` (set by ``init_grid``)."""
+def make_tx(
+    optimizer: str, schedule: optax.Schedule, options: Mapping | None = None
+) -> optax.GradientTransformation:
+    """``optimizer`` with injectable ``learning_rate`` and ``weight_decay`` (set by ``init_grid``).
+
+    ``options`` are further keyword arguments of the optimizer, e.g. ``eps``.
+    """
     factory, fixed = OPTIMIZERS[optimizer]
+    fixed = {**fixed, **(options or {})}
     static = ("mask", *(k for k, v in fixed.items() if isinstance(v, bool)))
     inject = optax.inject_hyperparams(factory, static_args=static)
     return inject(
@@ -142,9 +148,10 @@ def init_grid(
     model_fn: Callable[[], nnx.Module],
     hparams: Mapping[str, np.ndarray],
     schedule: optax.Schedule,
+    options: Mapping | None = None,
 ) -> tuple[nnx.Module, nnx.Optimizer]:
     """``G`` copies of ``model_fn()`` and one optimizer each, ``G = len(learning_rate)``."""
-    tx = make_tx(optimizer, schedule)
+    tx = make_tx(optimizer, schedule, options)
 
     @nnx.vmap(in_axes=0, out_axes=0)
     def create(hp):
@@ -180,6 +187,7 @@ def train_grid(
     loss_scale: Sequence[float] | None = None,
     track: Track | None = None,
     track_every: int = 1,
+    options: Mapping | None = None,
     progress: bool = True,
 ) -> GridResult:
     """Trains one model per grid point with a cosine schedule ``eta_t`` over ``steps``.
@@ -193,6 +201,8 @@ def train_grid(
       loss_scale: per grid point, the constant the training loss is multiplied by.
       track: ``(params_before, params_after) -> {name: array}``, recorded every
         ``track_every`` steps into ``GridResult.history``.
+      options: further keyword arguments of the optimizer, the same for all
+        members (e.g. ``{"eps": 1e-12}``).
       progress: show a tqdm bar.
     """
     if optimizer not in OPTIMIZERS:
@@ -201,7 +211,8 @@ def train_grid(
     size = len(next(iter(hp.values())))
     scale = np.ones(size) if loss_scale is None else np.asarray(loss_scale, np.float64)
     start = time.perf_counter()
-    model, opt = init_grid(optimizer, model_fn, hp, optax.cosine_decay_schedule(1.0, steps))
+    schedule = optax.cosine_decay_schedule(1.0, steps)
+    model, opt = init_grid(optimizer, model_fn, hp, schedule, options)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     scale_j = jnp.asarray(scale, jnp.float32)
     step = nnx.cached_partial(_train_step, model, opt)
