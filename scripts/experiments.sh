@@ -15,3 +15,7 @@ for name in lr_wd_map adamw_vs_adamp scale_freeness batchnorm_decay; do
   mkdir -p "docs/experiments/$name"
   cp "out/$name"/*.png "out/$name/summary.md" "docs/experiments/$name/"
 done
+# Scale-freeness again with eps out of the picture (AdamW/ProxAdam: round-off only).
+.venv/bin/python examples/scale_freeness.py --eps 1e-30 --out out/scale_freeness_eps0 "$@"
+mkdir -p docs/experiments/scale_freeness_eps0
+cp out/scale_freeness_eps0/*.png out/scale_freeness_eps0/summary.md docs/experiments/scale_freeness_eps0/
