@@ -81,19 +81,14 @@ def make_tx(
 ) -> optax.GradientTransformation:
     """``optimizer`` with injectable ``learning_rate`` and ``weight_decay`` (set by ``init_grid``).
 
-    ``options`` are further keyword arguments of the optimizer, e.g. ``eps``.
+    ``options`` are further keyword arguments of the optimizer, e.g. ``eps``, or a
+    ``mask`` other than ``optax_decay.weight_decay_mask``.
     """
     factory, fixed = OPTIMIZERS[optimizer]
-    fixed = {**fixed, **(options or {})}
-    static = ("mask", *(k for k, v in fixed.items() if isinstance(v, bool)))
+    kwargs = {"mask": optax_decay.weight_decay_mask, **fixed, **(options or {})}
+    static = ("mask", *(k for k, v in kwargs.items() if isinstance(v, bool)))
     inject = optax.inject_hyperparams(factory, static_args=static)
-    return inject(
-        learning_rate=0.0,
-        weight_decay=0.0,
-        schedule=schedule,
-        mask=optax_decay.weight_decay_mask,
-        **fixed,
-    )
+    return inject(learning_rate=0.0, weight_decay=0.0, schedule=schedule, **kwargs)
 
 
 def batch_indices(num_examples: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
@@ -153,6 +148,7 @@ def init_grid(
     """``G`` copies of ``model_fn()`` and one optimizer each, ``G = len(learning_rate)``."""
     tx = make_tx(optimizer, schedule, options)
 
+    @nnx.jit
     @nnx.vmap(in_axes=0, out_axes=0)
     def create(hp):
         model = model_fn()
