@@ -15,6 +15,8 @@ from optax_decay._convert import timescale_from_weight_decay as timescale_from_w
 from optax_decay._convert import weight_decay_from_timescale as weight_decay_from_timescale
 from optax_decay._decoupled import DecoupledDecayState as DecoupledDecayState
 from optax_decay._decoupled import decoupled_decay as decoupled_decay
+from optax_decay._flat import FlatLayout as FlatLayout
+from optax_decay._flat import flat_layout as flat_layout
 from optax_decay._l2 import add_l2_to_grad as add_l2_to_grad
 from optax_decay._masks import weight_decay_mask as weight_decay_mask
 from optax_decay._precision import DecayPrecisionWarning as DecayPrecisionWarning
@@ -28,6 +30,7 @@ __all__ = [
     "DecayPrecisionWarning",
     "MasterWeightsState",
     "DecoupledDecayState",
+    "FlatLayout",
     "adam_l2",
     "adamp",
     "adamw",
@@ -35,6 +38,7 @@ __all__ = [
     "add_l2_to_grad",
     "coupled_to_paper",
     "decoupled_decay",
+    "flat_layout",
     "master_weights",
     "normalized_weight_decay",
     "paper_to_coupled",

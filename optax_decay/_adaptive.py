@@ -13,7 +13,7 @@ from optax_decay._checks import (
     require_params,
 )
 from optax_decay._convert import evaluate, step_size
-from optax_decay._masks import MaskOrFn, resolve_mask
+from optax_decay._masks import MaskOrFn, is_array_mask, resolve_mask
 
 
 def _is_none(x):
@@ -163,8 +163,10 @@ def adaptive_decay(
       learning_rate: ``alpha``, a float or a schedule ``alpha(t)``.
       weight_decay: ``lambda >= 0``, multiplied by ``eta_t * alpha / D_t``.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: a pytree of bools (``True``: decay the leaf) or a callable
-        ``params -> pytree``; masked-out leaves take the plain Adam step.
+      mask: a pytree of bools (``True``: decay the leaf), of bool arrays with
+        the shapes of the params (``True``: decay the element), or a callable
+        ``params -> pytree``; masked-out leaves and elements take the plain
+        Adam step.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
 
     Returns:
@@ -204,7 +206,8 @@ def adaptive_decay(
             if m is None:
                 return None
             s_ = jnp.asarray(s, d.dtype)
-            if not on:
+            per_element = is_array_mask(on)
+            if not per_element and not on:
                 return -s_ * (m / d)
             # w_new - w = -(s*mhat + k*w) / (D + k), k = s*lambda: one division, like Adam's.
             # Numerator and denominator times keep = 1/(1 + k), with drop = k*keep
@@ -213,6 +216,13 @@ def adaptive_decay(
             keep = 1 / (1 + k)
             drop = jnp.where(jnp.isinf(k), jnp.ones_like(k), k * keep)
             s_m = keep * s_ / bias1.astype(d.dtype)
+            if per_element:
+                # k -> where(on, k, 0) per element: keep = 1, drop = 0 where the mask is
+                # False (the plain Adam step). Selecting the scalars is the same arithmetic
+                # as recomputing keep and drop from an elementwise k, without a divide.
+                one, zero = jnp.ones_like(keep), jnp.zeros_like(drop)
+                s_m = jnp.where(on, s_m, s_ / bias1.astype(d.dtype))
+                keep, drop = jnp.where(on, keep, one), jnp.where(on, drop, zero)
             return -(s_m * m_raw + drop * w) / (keep * d + drop)
 
         updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, is_leaf=_is_none)

@@ -1,9 +1,23 @@
-"""Masks: which leaves get weight decay.
+"""Masks: which leaves, or which elements, get weight decay.
 
-A mask is a pytree of Python bools with the structure of the params (or a
-prefix of it), or a callable ``params -> such a pytree``, exactly as in
-:func:`optax.masked`; ``True`` means "decay this leaf". Masking is delegated to
-:func:`optax.masked`; this module adds the checks and the usual mask.
+A mask is a pytree with the structure of the params (or a prefix of it), or a
+callable ``params -> such a pytree``, as in :func:`optax.masked`. Its leaves
+are either
+
+* Python bools, ``True`` meaning "decay this leaf" (a bool above a subtree
+  covers the whole subtree). This is the static, per-leaf mask of
+  :func:`optax.masked`, and masking is delegated to it, with no extra
+  operations; or
+* boolean arrays (NumPy or JAX, or tracers when a callable mask builds them
+  inside ``jit``) with exactly the shape of their param leaf, ``True`` meaning
+  "decay this element". The decay is then computed for the whole leaf and
+  selected per element with ``jnp.where``. This is what lets the flat buffers
+  of :func:`optax_decay.flat_layout` carry decayed and undecayed params in one
+  array.
+
+A callable mask should depend on the structure and shapes of its argument
+only: like :func:`optax.masked`, a transform may evaluate it on the updates
+rather than on the params. This module adds the checks and the usual mask.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -25,35 +40,95 @@ MASK_STRUCTURE_MSG = (
 )
 
 MASK_LEAF_MSG = (
-    "`mask` leaves must be Python bools (True: decay this leaf), got {leaf!r} of type "
-    "{kind}. A mask is static: build it with Python comparisons such as "
-    "`p.ndim >= 2`, not with traced arrays."
+    "`mask` leaves must be Python bools (True: decay this leaf) or boolean arrays with "
+    "the shape of their param leaf (True: decay this element), got {leaf} of type {kind}. "
+    "Build a per-leaf mask with Python comparisons such as `p.ndim >= 2`, and a "
+    "per-element one as a bool array, e.g. `p != 0`; convert a 0/1 array with "
+    "`.astype(bool)`."
+)
+
+MASK_SHAPE_MSG = (
+    "`mask` leaf {path} is a bool array of shape {mask_shape}, but the param leaf "
+    "there has shape {param_shape}. A per-element mask must have exactly the shape of "
+    "its param leaf (it is not broadcast): build it from the param, e.g. "
+    "`jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)`, or use a Python bool "
+    "for the whole leaf."
+)
+
+MASK_PREFIX_MSG = (
+    "`mask` leaf {path} is a bool array, but the params there are {params}, not one "
+    "array leaf. Only Python bools are broadcast over a subtree of the params; put a "
+    "bool array at each param leaf, or use a Python bool for the subtree."
 )
 
 MaskOrFn = Any | Callable[[Any], Any] | None
+
+
+class _MaskLeafError(ValueError):
+    """A mask leaf that does not fit its params; raised as it is, not as a structure error."""
 
 
 def _is_none(x: Any) -> bool:
     return x is None
 
 
-def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
-    """The full mask for ``params``: a tree of bools with the params' structure.
+def _is_static(leaf: Any) -> bool:
+    return isinstance(leaf, (bool, np.bool_))
 
-    Evaluates a callable mask, broadcasts a prefix mask to every leaf below it
-    and checks structure and leaf types, raising a clear error otherwise.
+
+def is_array_mask(leaf: Any) -> bool:
+    """True for a per-element (boolean array) mask leaf, False for a Python bool."""
+    return not _is_static(leaf) and hasattr(leaf, "dtype") and hasattr(leaf, "shape")
+
+
+def _describe(leaf: Any) -> str:
+    if hasattr(leaf, "dtype") and hasattr(leaf, "shape"):
+        return f"an array of shape {tuple(leaf.shape)} and dtype {leaf.dtype}"
+    return repr(leaf)
+
+
+def _check_leaf(leaf: Any) -> None:
+    if _is_static(leaf):
+        return
+    if is_array_mask(leaf) and jnp.issubdtype(leaf.dtype, jnp.bool_):
+        return
+    raise TypeError(MASK_LEAF_MSG.format(leaf=_describe(leaf), kind=type(leaf).__name__))
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
+    """The full mask for ``params``: a tree with the params' structure.
+
+    Evaluates a callable mask, broadcasts each Python-bool leaf of a prefix
+    mask to every leaf below it and checks structure and leaf types, raising
+    a clear error otherwise. Boolean array leaves are returned as they are,
+    after checking that each sits at a param leaf of the same shape.
     """
     tree = mask(params) if callable(mask) else mask
     for leaf in jax.tree.leaves(tree):
-        if not isinstance(leaf, (bool, np.bool_)):
-            raise TypeError(MASK_LEAF_MSG.format(leaf=leaf, kind=type(leaf).__name__))
+        _check_leaf(leaf)
+
+    def broadcast(path, m, sub):
+        if not is_array_mask(m):
+            return jax.tree.map(lambda _: bool(m), sub, is_leaf=_is_none)
+        where = jax.tree_util.keystr(path) or "(root)"
+        if sub is None or not jax.tree_util.treedef_is_leaf(jax.tree.structure(sub)):
+            raise _MaskLeafError(MASK_PREFIX_MSG.format(path=where, params=jax.tree.structure(sub)))
+        if tuple(m.shape) != _shape(sub):
+            raise _MaskLeafError(
+                MASK_SHAPE_MSG.format(
+                    path=where, mask_shape=tuple(m.shape), param_shape=_shape(sub)
+                )
+            )
+        return m
+
     try:
-        return jax.tree.map(
-            lambda m, sub: jax.tree.map(lambda _: bool(m), sub, is_leaf=_is_none),
-            tree,
-            params,
-            is_leaf=_is_none,
-        )
+        return jax.tree_util.tree_map_with_path(broadcast, tree, params, is_leaf=_is_none)
+    except _MaskLeafError:
+        raise
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(
             MASK_STRUCTURE_MSG.format(
@@ -62,11 +137,50 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
         ) from err
 
 
+def _static_part(full_mask: Any) -> Any:
+    """The resolved mask with each array leaf replaced by True (run ``inner`` on it)."""
+    return jax.tree.map(lambda m: True if is_array_mask(m) else m, full_mask)
+
+
+def _has_array_leaf(tree: Any) -> bool:
+    return any(is_array_mask(leaf) for leaf in jax.tree.leaves(tree))
+
+
 def masked(inner: optax.GradientTransformation, mask: MaskOrFn) -> optax.GradientTransformation:
-    """``optax.masked(inner, mask)`` with the mask checked; ``inner`` if mask is None."""
+    """``optax.masked(inner, mask)`` with the mask checked; ``inner`` if mask is None.
+
+    A mask of Python bools (or a callable that returns one) is exactly
+    :func:`optax.masked`. A boolean array leaf runs ``inner`` on its whole
+    param leaf, as a ``True`` leaf would, and keeps ``inner``'s update where
+    the array is True and the incoming update elsewhere (``jnp.where``). The
+    state is then that of :func:`optax.masked` with ``True`` at those leaves,
+    so it does not depend on the kind of mask. Running ``inner`` on the
+    masked-out elements too is correct because every ``inner`` this package
+    masks (:func:`add_l2_to_grad`, :func:`decoupled_decay`, :func:`prox_l2`)
+    is stateless or keeps only a step count: no per-element state is advanced
+    for elements that are then discarded.
+    """
     if mask is None:
         return inner
-    return optax.masked(inner, functools.partial(resolve_mask, mask))
+    if not callable(mask) and not _has_array_leaf(mask):
+        return optax.masked(inner, functools.partial(resolve_mask, mask))
+    # A callable mask may return arrays (known only once evaluated, maybe as tracers).
+    # init: optax.masked on the mask's static part (it also handles tree_map_params).
+    init_only = optax.masked(inner, lambda p: _static_part(resolve_mask(mask, p)))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        # The mask is evaluated once, on the updates as optax.masked does.
+        full = resolve_mask(mask, updates)
+        new, state = optax.masked(inner, _static_part(full)).update(
+            updates, state, params, **extra_args
+        )
+        if _has_array_leaf(full):
+            new = jax.tree.map(
+                lambda m, n, u: jnp.where(m, n, u) if is_array_mask(m) else n, full, new, updates
+            )
+        return new, state
+
+    return optax.GradientTransformationExtraArgs(init_only.init, update_fn)
 
 
 def _key_name(key: Any) -> str:

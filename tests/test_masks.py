@@ -1,4 +1,4 @@
-"""The usual mask on plain dicts, Flax Linen params and Flax NNX State."""
+"""The usual mask on plain dicts, Flax Linen params and Flax NNX State; per-element masks."""
 
 import chex
 import jax
@@ -87,3 +87,24 @@ def test_linen_train_step_with_mask():
     new = optax.apply_updates(params, u)
     chex.assert_trees_all_close(new["Dense_0"]["kernel"], 0.9 * params["Dense_0"]["kernel"])
     chex.assert_trees_all_close(new["LayerNorm_0"], params["LayerNorm_0"])
+
+
+@pytest.mark.parametrize("make", [od.adamw, od.prox_adam, od.adamp, od.sgdw])
+def test_nnx_optimizer_per_element_mask(make):
+    # A callable mask of bool arrays: decay only the first row of each kernel.
+    def first_rows(state):
+        def leaf(path, p):
+            on = jnp.zeros(p.shape, bool)
+            return on.at[0].set(True) if "kernel" in jax.tree_util.keystr(path) else on
+
+        return jax.tree_util.tree_map_with_path(leaf, state)
+
+    model = NnxNet(nnx.Rngs(0))
+    before = jax.tree.map(jnp.array, nnx.state(model, nnx.Param))
+    opt = nnx.Optimizer(model, make(1e-2, 1e-1, mask=first_rows), wrt=nnx.Param)
+    opt.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
+    after = nnx.state(model, nnx.Param)
+    k0, k1 = before["dense"]["kernel"][...], after["dense"]["kernel"][...]
+    assert bool(jnp.all(jnp.abs(k1[0]) < jnp.abs(k0[0])))
+    chex.assert_trees_all_close(k1[1:], k0[1:])
+    chex.assert_trees_all_close(after["dense"]["bias"][...], before["dense"]["bias"][...])

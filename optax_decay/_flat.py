@@ -1,0 +1,315 @@
+"""Flat buffers: the params, and so the optimizer state, in one contiguous array per dtype.
+
+Why. An optimizer on a pytree runs its elementwise math leaf by leaf: with
+many small leaves, a step is thousands of small kernels (or, on CPU, loops),
+each paying a launch and a pass over a few KB. On a GPU, ``optax.adamw`` on
+2000 leaves of 65,536 params takes 10.6x the time the memory traffic alone
+needs (the roofline), against 0.97x for one flat buffer of the same 131M
+params. :func:`flat_layout` packs a params pytree into one 1-D buffer per
+dtype, a plain ``dict`` such as ``{"float32": array, "bfloat16": array}``, and
+unpacks it again for the model. Every optimizer and transform of this package
+then runs unchanged on the buffers, with one fused kernel per buffer, and
+Adam's moments are flat buffers too.
+
+Masks. A per-leaf mask (``weight_decay_mask`` skips biases and norm scales)
+becomes per-element data on a flat buffer. The layout puts the decayed leaves
+first in each buffer, so that each buffer's mask is a prefix:
+``layout.mask(flat)`` is ``{dtype: jnp.arange(n) < n_decayed}``, an iota and a
+compare that XLA fuses into the update, with no mask array in memory. Pass it
+as ``mask=layout.mask`` to any optimizer of the package. The result equals the
+tree path's, element for element (``tests/test_flat.py``).
+
+Usage, with a model whose loss takes the params pytree::
+
+    layout = optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
+    flat = layout.ravel(params)
+    tx = optax_decay.adamw(1e-3, 1e-4, mask=layout.mask)
+    opt_state = tx.init(flat)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(flat, opt_state, batch):
+        # Differentiate with respect to the buffers: unravel is slices and reshapes.
+        grads = jax.grad(lambda f: loss(layout.unravel(f), batch))(flat)
+        updates, opt_state = tx.update(grads, opt_state, flat)
+        return optax.apply_updates(flat, updates), opt_state
+
+``layout.ravel(tree_grads)`` packs gradients taken with respect to the tree
+instead (one more copy of the gradients). With Flax NNX, build the layout on
+``nnx.split(model, nnx.Param)``'s state and merge ``layout.unravel(flat)``
+back with the graph definition inside the loss.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax, optax_decay
+  >>> params = {"dense": {"bias": jnp.ones(2), "kernel": jnp.ones((2, 2))}}
+  >>> layout = optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
+  >>> flat = layout.ravel(params)  # the kernel (decayed) first, then the bias
+  >>> layout.mask(flat)
+  {'float32': Array([ True,  True,  True,  True, False, False], dtype=bool)}
+  >>> tx = optax_decay.sgdw(0.1, 0.5, mask=layout.mask)
+  >>> grads = layout.ravel(jax.tree.map(jnp.zeros_like, params))
+  >>> updates, _ = tx.update(grads, tx.init(flat), flat)
+  >>> new = layout.unravel(optax.apply_updates(flat, updates))
+  >>> new["dense"]["kernel"], new["dense"]["bias"]  # decayed by 1 - 0.5; the bias is not
+  (Array([[0.5, 0.5], [0.5, 0.5]], dtype=float32), Array([1., 1.], dtype=float32))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_decay._masks import MaskOrFn, is_array_mask, resolve_mask
+
+RAVEL_STRUCTURE_MSG = (
+    "The tree passed to `FlatLayout.ravel` does not have the structure the layout "
+    "was built with.\n  tree:   {got}\n  layout: {want}\n"
+    "Pass a tree with the params' structure (the params, their gradients, a moment), "
+    "or build a new layout with `optax_decay.flat_layout(params)`."
+)
+
+RAVEL_SHAPE_MSG = (
+    "`FlatLayout.ravel`: leaf {path} has shape {got}, the layout has {want} there. "
+    "Build a new layout with `optax_decay.flat_layout(params)` for params of other shapes."
+)
+
+RAVEL_DTYPE_MSG = (
+    "`FlatLayout.ravel`: the leaves of the {name} buffer have different dtypes {dtypes}; "
+    "ravel casts nothing, so they cannot share a buffer. Cast the tree first, e.g. "
+    "`jax.tree.map(lambda x, p: x.astype(p.dtype), tree, params)`."
+)
+
+FLAT_KEYS_MSG = (
+    "`FlatLayout.{method}` expects the dict of flat buffers made by `layout.ravel`, "
+    "with keys {want} and 1-D buffers of sizes {sizes}; got {got}."
+)
+
+FLAT_MASK_MSG = (
+    "`flat_layout` needs a per-leaf mask of Python bools (True: decay the leaf), as "
+    "`optax_decay.weight_decay_mask` returns; leaf {path} of the mask is a bool array. "
+    "The layout turns the per-leaf mask into a per-element one itself (`layout.mask`)."
+)
+
+FLAT_LEAF_MSG = (
+    "`flat_layout`: params leaf {path} is {leaf!r}, not an array. Every leaf must have "
+    "a `shape` and a `dtype` (a JAX or NumPy array, or `jax.ShapeDtypeStruct`)."
+)
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _dtype_name(x: Any) -> str:
+    return np.dtype(x.dtype).name
+
+
+class _Buffer(NamedTuple):
+    """One dtype's buffer: its key, its leaves in buffer order, its size and decayed prefix."""
+
+    name: str
+    leaves: tuple[int, ...]  # indices into the flattened leaves, decayed leaves first
+    size: int
+    decayed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatLayout:
+    """How a params pytree maps to one 1-D buffer per dtype; made by :func:`flat_layout`.
+
+    Immutable and hashable, so it can be a static argument of ``jax.jit``.
+    Leaf ``i`` (in ``jax.tree.leaves`` order) has shape ``shapes[i]`` and
+    occupies ``[offsets[i], offsets[i] + size)`` of buffer ``buffer_of[i]``.
+    """
+
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    buffer_of: tuple[str, ...]
+    offsets: tuple[int, ...]
+    buffers: tuple[_Buffer, ...]
+    has_mask: bool
+
+    @property
+    def size(self) -> int:
+        """The number of elements of all buffers together."""
+        return sum(b.size for b in self.buffers)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The number of elements of each buffer, by dtype name."""
+        return {b.name: b.size for b in self.buffers}
+
+    @property
+    def num_decayed(self) -> dict[str, int]:
+        """The number of decayed elements of each buffer (its prefix), by dtype name."""
+        return {b.name: b.decayed for b in self.buffers}
+
+    @property
+    def mask(self) -> Callable[[Any], dict[str, jax.Array]] | None:
+        """The per-element mask to pass as ``mask=``: ``flat -> {dtype: bool array}``.
+
+        ``None`` when the layout was built without a mask (decay everything).
+        """
+        return _ElementMask(self) if self.has_mask else None
+
+    def element_mask(self, flat: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """``{dtype: jnp.arange(n) < n_decayed}``: True on each buffer's decayed prefix.
+
+        Built from an iota, not read from memory: under ``jit`` XLA fuses the
+        compare into the update that uses it.
+        """
+        self._check_flat("mask", flat)
+        return {b.name: jnp.arange(b.size) < b.decayed for b in self.buffers}
+
+    def ravel(self, tree: Any) -> dict[str, jax.Array]:
+        """Packs a tree with the params' structure into ``{dtype name: 1-D buffer}``.
+
+        Works on the params, their gradients or any tree of the same structure
+        and shapes, under ``jit`` too. Nothing is cast: a buffer takes the dtype
+        of its leaves, which must agree.
+        """
+        leaves, treedef = jax.tree.flatten(tree)
+        if treedef != self.treedef:
+            raise ValueError(RAVEL_STRUCTURE_MSG.format(got=treedef, want=self.treedef))
+        for i, (leaf, shape) in enumerate(zip(leaves, self.shapes, strict=True)):
+            if tuple(np.shape(leaf)) != shape:
+                raise ValueError(
+                    RAVEL_SHAPE_MSG.format(path=self._path(i), got=np.shape(leaf), want=shape)
+                )
+        out = {}
+        for b in self.buffers:
+            parts = [jnp.reshape(leaves[i], (-1,)) for i in b.leaves]
+            dtypes = sorted({p.dtype.name for p in parts})
+            if len(dtypes) > 1:
+                raise ValueError(RAVEL_DTYPE_MSG.format(name=b.name, dtypes=dtypes))
+            out[b.name] = jnp.concatenate(parts)
+        return out
+
+    def unravel(self, flat: Mapping[str, Any]) -> Any:
+        """The pytree of ``flat``: the params' structure and shapes, by slices and reshapes.
+
+        Each leaf takes the dtype of its buffer (the params' own for buffers made by
+        :meth:`ravel` from the params). Differentiable, and cheap under ``jit``.
+        """
+        self._check_flat("unravel", flat)
+        leaves = [
+            flat[name][start : start + int(np.prod(shape, dtype=np.int64))].reshape(shape)
+            for name, start, shape in zip(self.buffer_of, self.offsets, self.shapes, strict=True)
+        ]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def _check_flat(self, method: str, flat: Any) -> None:
+        names = [b.name for b in self.buffers]
+        ok = isinstance(flat, Mapping) and sorted(flat) == sorted(names)
+        ok = ok and all(tuple(np.shape(flat[b.name])) == (b.size,) for b in self.buffers)
+        if not ok:
+            got = (
+                {k: tuple(np.shape(v)) for k, v in flat.items()}
+                if isinstance(flat, Mapping)
+                else type(flat).__name__
+            )
+            raise ValueError(
+                FLAT_KEYS_MSG.format(method=method, want=names, sizes=self.sizes, got=got)
+            )
+
+    def _path(self, i: int) -> str:
+        dummy = jax.tree.unflatten(self.treedef, list(range(len(self.shapes))))
+        path = jax.tree_util.tree_flatten_with_path(dummy)[0][i][0]
+        return jax.tree_util.keystr(path) or "(root)"
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{b.name}: {b.size} ({b.decayed} decayed)" for b in self.buffers)
+        return f"FlatLayout({len(self.shapes)} leaves; {parts or 'empty'})"
+
+
+@dataclasses.dataclass(frozen=True)
+class _ElementMask:
+    """``layout.mask``: a callable equal (and hashing equal) for equal layouts.
+
+    A bound method would compare its layout by identity, so two equal layouts would
+    give masks that differ as static arguments of ``jit`` or ``inject_hyperparams``.
+    """
+
+    layout: FlatLayout
+
+    def __call__(self, flat: Mapping[str, Any]) -> dict[str, jax.Array]:
+        return self.layout.element_mask(flat)
+
+    def __repr__(self) -> str:
+        return f"{self.layout!r}.mask"
+
+
+def flat_layout(params: Any, mask: MaskOrFn = None) -> FlatLayout:
+    """The flat-buffer layout of ``params``: one contiguous 1-D buffer per dtype.
+
+    Within each buffer the leaves decayed by ``mask`` come first, in tree
+    order, then the others, so that ``layout.mask`` is a prefix per buffer.
+    ``None`` leaves of ``params`` hold no elements and come back as ``None``.
+
+    Args:
+      params: the params pytree (arrays, or ``jax.ShapeDtypeStruct`` leaves).
+      mask: which leaves to decay: a pytree of Python bools with the params'
+        structure (or a prefix of it), or a callable ``params -> pytree`` such
+        as :func:`weight_decay_mask`; ``None`` decays every leaf and makes
+        ``layout.mask`` ``None``.
+
+    Returns:
+      A :class:`FlatLayout` with ``ravel``, ``unravel``, ``mask``, ``size``
+      and ``sizes``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> params = {"b": jnp.zeros(3), "w": jnp.zeros((2, 3)), "h": jnp.zeros(2, jnp.bfloat16)}
+      >>> optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
+      FlatLayout(3 leaves; float32: 9 (6 decayed), bfloat16: 2 (0 decayed))
+    """
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    for path, leaf in paths_leaves:
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise TypeError(
+                FLAT_LEAF_MSG.format(path=jax.tree_util.keystr(path) or "(root)", leaf=leaf)
+            )
+    leaves = [leaf for _, leaf in paths_leaves]
+    if mask is None:
+        decay = [True] * len(leaves)
+    else:
+        full = resolve_mask(mask, params)
+        # resolve_mask puts a bool where params have None; keep the leaves' entries only.
+        decay = [
+            m
+            for m, p in zip(
+                jax.tree.leaves(full, is_leaf=_is_none),
+                jax.tree.leaves(params, is_leaf=_is_none),
+                strict=True,
+            )
+            if p is not None
+        ]
+        for (path, _), m in zip(paths_leaves, decay, strict=True):
+            if is_array_mask(m):
+                raise TypeError(FLAT_MASK_MSG.format(path=jax.tree_util.keystr(path) or "(root)"))
+    names = [_dtype_name(leaf) for leaf in leaves]
+    shapes = tuple(tuple(int(d) for d in leaf.shape) for leaf in leaves)
+    offsets = [0] * len(leaves)
+    buffers = []
+    for name in dict.fromkeys(names):  # dtypes in order of first appearance
+        mine = [i for i, n in enumerate(names) if n == name]
+        order = [i for i in mine if decay[i]] + [i for i in mine if not decay[i]]
+        start = decayed = 0
+        for i in order:
+            offsets[i] = start
+            start += int(np.prod(shapes[i], dtype=np.int64))
+            if decay[i]:
+                decayed = start
+        buffers.append(_Buffer(name, tuple(order), start, decayed))
+    return FlatLayout(
+        treedef=treedef,
+        shapes=shapes,
+        buffer_of=tuple(names),
+        offsets=tuple(offsets),
+        buffers=tuple(buffers),
+        has_mask=mask is not None,
+    )

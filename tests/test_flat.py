@@ -1,0 +1,436 @@
+"""Flat buffers (`flat_layout`) and per-element masks: the same numbers as the tree path.
+
+Every optimizer and transform of the package runs on the flat buffers with
+`mask=layout.mask` and must give, after unravelling, the params and moments of
+the tree path with the per-leaf mask. The math is elementwise and the same in
+both, but not always bit-identical: XLA compiles the two programs differently,
+and scalars such as Adam's bias correction may round differently (1-3 ulp in
+`mhat/D` seen on CPU; the SGD family is bit-identical); `adamp`/`adaptive_decay`
+also give masked-out elements the plain Adam step through the decayed formula
+with `k = 0`, a different rounding of the same number. Hence relative
+tolerances of a few ulp (rtol 1e-6 in float32, 1e-12 in float64, no atol), on
+weights kept away from 0.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import ALL
+
+import optax_decay as od
+
+ETA = optax.cosine_decay_schedule(1.0, 6, alpha=0.1)
+STEPS = 4
+
+HYPER = {  # name -> (alpha, lambda), as in test_alias: every decay visible in a few steps.
+    "adam_l2": (0.05, 0.3),
+    "adamw": (0.05, 0.2),
+    "adamw_coupled": (0.05, 4.0),
+    "prox_adam": (0.05, 0.2),
+    "adamp": (0.05, 0.3),
+    "sgd_l2": (0.1, 0.3),
+    "sgdw": (0.1, 0.05),
+    "sgd_l2_momentum": (0.1, 0.3),
+    "sgdw_nesterov": (0.1, 0.05),
+}
+
+# name -> factory(mask): the transforms, each in a small chain.
+TRANSFORMS = {
+    "add_l2_to_grad": lambda mask: optax.chain(
+        od.add_l2_to_grad(0.3, mask), optax.trace(0.9), optax.scale(-0.1)
+    ),
+    "decoupled_decay": lambda mask: optax.chain(
+        od.scale_by_adam(),
+        optax.scale_by_learning_rate(lambda t: 0.05 * ETA(t)),
+        od.decoupled_decay(0.2, schedule=ETA, mask=mask),
+    ),
+    "prox_l2": lambda mask: optax.chain(
+        optax.sgd(0.1, momentum=0.5), od.prox_l2(0.5, schedule=ETA, mask=mask)
+    ),
+    "adaptive_decay": lambda mask: od.adaptive_decay(0.05, 0.3, schedule=ETA, mask=mask, eps=1e-3),
+    "master_weights": lambda mask: od.master_weights(od.adamw(0.05, 0.2, mask=mask)),
+}
+
+
+def optimizer(name, mask):
+    if name in TRANSFORMS:
+        return TRANSFORMS[name](mask)
+    alpha, lam = HYPER[name]
+    return ALL[name](alpha, lam, schedule=ETA, mask=mask)
+
+
+# Few distinct shapes: eager JAX compiles each operation once per shape and dtype.
+SHAPES = {
+    "dense": {"kernel": (4, 3), "bias": (3,)},
+    "layers": [{"kernel": (4, 3), "bias": (3,)}, {"kernel": (4, 3)}],
+    "norm": {"scale": (3,)},
+    "gain": (),
+}
+
+
+def model_params(dtype, seed=0, low=None):
+    """The tree of SHAPES; with `low`, the biases and the last kernel in that dtype.
+
+    Entries are +-[0.5, 1.5], away from 0, so that a relative tolerance without an
+    absolute one stays meaningful: XLA compiles the tree and the flat program
+    differently, and scalars such as Adam's bias correction `1 - b2**t` may round
+    differently in the two (1-3 ulp in `mhat/D`, seen on CPU), an absolute error that
+    a weight near 0 would turn into a large relative one.
+    """
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, shape):
+        name = jax.tree_util.keystr(path)
+        d = low if low is not None and ("bias" in name or "[1]['kernel']" in name) else dtype
+        w = rng.uniform(0.5, 1.5, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+        return jnp.asarray(w, d)
+
+    return jax.tree_util.tree_map_with_path(leaf, SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def grad_stream(params, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [
+        jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+        for _ in range(steps)
+    ]
+
+
+def run(tx, params, grads):
+    """Params after each step and the final state.
+
+    Eager: compiling each optimizer twice (tree and flat) would take most of this
+    file's time; `test_jit_donated_flat_step` runs the flat path under `jax.jit`.
+    """
+    state = tx.init(params)
+    out = []
+    for g in grads:
+        u, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, u)
+        out.append(params)
+    return out, state
+
+
+def assert_trees_close(got, want, rtol):
+    got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(got_leaves, want_leaves, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=0
+        )
+
+
+def leaves_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    if request.param == "float32":
+        yield jnp.float32, 1e-6
+    else:
+        with jax.enable_x64(True):
+            yield jnp.float64, 1e-12
+
+
+# ------------------------------------------------------------------ layout: ravel / unravel
+
+
+def mixed_tree():
+    """float32 and bfloat16, scalars, a 0-size leaf, nested dicts and lists, a None."""
+    rng = np.random.default_rng(3)
+    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+    h = lambda *s: jnp.asarray(rng.normal(size=s), jnp.bfloat16)
+    return {
+        "a": {"kernel": f(3, 4), "bias": h(4), "scale": f(4)},
+        "layers": [{"kernel": h(2, 3)}, {"kernel": f(4, 2), "bias": f(2)}],
+        "t": (f(), h(1, 1, 2)),
+        "empty": f(0, 3),
+        "skip": None,
+    }
+
+
+def test_round_trip_mixed_tree():
+    params = mixed_tree()
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    flat = layout.ravel(params)
+    assert sorted(flat) == ["bfloat16", "float32"]
+    assert flat["float32"].dtype == jnp.float32 and flat["bfloat16"].dtype == jnp.bfloat16
+    n = {k: sum(x.size for x in jax.tree.leaves(params) if x.dtype.name == k) for k in flat}
+    assert {k: v.shape for k, v in flat.items()} == {k: (v,) for k, v in n.items()}
+    assert layout.sizes == n and layout.size == sum(n.values())
+    back = layout.unravel(flat)
+    assert back["skip"] is None
+    leaves_equal(back, params)
+    leaves_equal(jax.jit(lambda p: layout.unravel(layout.ravel(p)))(params), params)
+
+
+def test_round_trip_float64_and_no_mask():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        params = {
+            "w": jnp.asarray(rng.normal(size=(3, 2))),
+            "v": [jnp.asarray(1.5)],
+            "s": jnp.ones(2, jnp.float32),
+        }
+        assert params["w"].dtype == jnp.float64
+        layout = od.flat_layout(params)
+        assert layout.mask is None
+        flat = layout.ravel(params)
+        assert flat["float64"].dtype == jnp.float64 and flat["float64"].shape == (7,)
+        leaves_equal(layout.unravel(flat), params)
+        leaves_equal(jax.jit(layout.unravel)(flat), params)
+
+
+def test_empty_tree():
+    layout = od.flat_layout({})
+    assert layout.ravel({}) == {} and layout.unravel({}) == {} and layout.size == 0
+    assert od.flat_layout({"a": None}, mask=od.weight_decay_mask).ravel({"a": None}) == {}
+
+
+def test_decayed_leaves_come_first():
+    params = mixed_tree()
+    mask = od.weight_decay_mask(params)
+    layout = od.flat_layout(params, mask=mask)
+    flat = layout.ravel(params)
+    leaves = jax.tree.leaves(params)
+    on = [
+        m
+        for m, p in zip(
+            jax.tree.leaves(mask, is_leaf=lambda x: x is None),
+            jax.tree.leaves(params, is_leaf=lambda x: x is None),
+            strict=True,
+        )
+        if p is not None
+    ]
+    for name, buf in flat.items():
+        mine = [
+            (np.asarray(p).ravel(), m)
+            for p, m in zip(leaves, on, strict=True)
+            if p.dtype.name == name
+        ]
+        want = np.concatenate([x for x, m in mine if m] + [x for x, m in mine if not m])
+        np.testing.assert_array_equal(np.asarray(buf), want)
+        assert layout.num_decayed[name] == sum(x.size for x, m in mine if m)
+    # The per-element mask is the ravel of the per-leaf mask broadcast to the elements.
+    per_element = jax.tree.map(lambda p, m: jnp.full(p.shape, m), params, mask)
+    got = layout.mask(flat)
+    want = layout.ravel(per_element)
+    assert sorted(got) == sorted(want)
+    for k in got:
+        assert got[k].dtype == jnp.bool_
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+    assert 0 < layout.num_decayed["float32"] < layout.sizes["float32"]
+
+
+def test_layout_is_static_and_hashable():
+    params = mixed_tree()
+    a = od.flat_layout(params, mask=od.weight_decay_mask)
+    b = od.flat_layout(jax.tree.map(jnp.zeros_like, params), mask=od.weight_decay_mask)
+    assert a == b and hash(a) == hash(b) and a.mask == b.mask
+    assert a != od.flat_layout(params)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def bias(layout, flat):
+        return layout.unravel(flat)["a"]["bias"]
+
+    np.testing.assert_array_equal(bias(a, a.ravel(params)), params["a"]["bias"])
+    np.testing.assert_array_equal(bias(b, a.ravel(params)), params["a"]["bias"])  # cached
+
+
+def test_gradient_through_unravel():
+    params = model_params(jnp.float32)
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    loss = lambda p: sum(jnp.sum(jnp.sin(x) * (i + 1)) for i, x in enumerate(jax.tree.leaves(p)))
+    flat_grads = jax.jit(jax.grad(lambda f: loss(layout.unravel(f))))(layout.ravel(params))
+    tree_grads = jax.jit(jax.grad(loss))(params)
+    assert_trees_close(layout.unravel(flat_grads), tree_grads, 1e-6)
+
+
+def test_nnx_state_round_trip_and_grads():
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Sequential(
+        nnx.Linear(3, 5, rngs=nnx.Rngs(0)),
+        nnx.LayerNorm(5, rngs=nnx.Rngs(1)),
+        nnx.Linear(5, 2, rngs=nnx.Rngs(2)),
+    )
+    graphdef, state = nnx.split(model, nnx.Param)
+    layout = od.flat_layout(state, mask=od.weight_decay_mask)
+    flat = layout.ravel(state)
+    back = layout.unravel(flat)
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    leaves_equal(back, state)
+    assert layout.num_decayed == {"float32": 3 * 5 + 5 * 2}
+    x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    loss = lambda s: jnp.sum(nnx.merge(graphdef, s)(x) ** 2)
+    g_flat = jax.jit(jax.grad(lambda f: loss(layout.unravel(f))))(flat)
+    g_tree = layout.ravel(jax.jit(jax.grad(loss))(state))
+    np.testing.assert_allclose(g_flat["float32"], g_tree["float32"], rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ flat == tree
+
+
+@pytest.mark.parametrize("name", [*sorted(ALL), *TRANSFORMS])
+def test_flat_equals_tree(name, dtype):
+    dt, rtol = dtype
+    if name == "master_weights":
+        if dt == jnp.float64:
+            pytest.skip("master_weights is for low-precision params: float32 covers it")
+        params = model_params(dt, low=jnp.bfloat16)
+        assert len({x.dtype for x in jax.tree.leaves(params)}) == 2
+    else:
+        params = model_params(dt)
+    grads = grad_stream(params, STEPS)
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+
+    tree_out, tree_state = run(optimizer(name, od.weight_decay_mask), params, grads)
+    flat_out, flat_state = run(
+        optimizer(name, layout.mask), layout.ravel(params), [layout.ravel(g) for g in grads]
+    )
+    for want, got in zip(tree_out, flat_out, strict=True):
+        assert_trees_close(layout.unravel(got), want, rtol)
+    assert not np.allclose(tree_out[-1]["dense"]["kernel"], params["dense"]["kernel"])
+    # Per-element masks in the tree path: the per-leaf mask as bool arrays, the same run.
+    elementwise, _ = run(optimizer(name, array_mask(params)), params, grads)
+    assert_trees_close(elementwise[-1], tree_out[-1], rtol)
+    # The state: the same moments, momentum traces, master copies and counts, unravelled.
+    for field in ("mu", "nu", "trace", "master"):
+        tree_fields = optax.tree.get_all_with_path(tree_state, field)
+        flat_fields = optax.tree.get_all_with_path(flat_state, field)
+        assert len(tree_fields) == len(flat_fields)
+        for (_, want), (_, got) in zip(tree_fields, flat_fields, strict=True):
+            if field == "master":  # a copy of the bfloat16 leaves only, None elsewhere
+                assert got["bfloat16"].dtype == jnp.float32
+                assert all(v is None for k, v in got.items() if k != "bfloat16")
+                want = jax.tree.map(
+                    lambda m, p: p if m is None else m, want, params, is_leaf=lambda x: x is None
+                )
+                np.testing.assert_allclose(
+                    got["bfloat16"], layout.ravel(want)["bfloat16"], rtol=rtol, atol=0
+                )
+                continue
+            assert_trees_close(layout.unravel(got), want, rtol)
+    tree_counts = optax.tree.get_all_with_path(tree_state, "count")
+    flat_counts = optax.tree.get_all_with_path(flat_state, "count")
+    assert len(tree_counts) == len(flat_counts)
+    for (_, want), (_, got) in zip(tree_counts, flat_counts, strict=True):
+        assert int(want) == int(got) == STEPS
+
+
+# ------------------------------------------------------------------ per-element masks, tree path
+
+
+def array_mask(params, rng=None):
+    """Per-element bool arrays: the per-leaf mask broadcast, or random with `rng`."""
+    mask = od.weight_decay_mask(params)
+    if rng is None:
+        return jax.tree.map(lambda p, m: np.full(p.shape, m), params, mask)
+    return jax.tree.map(lambda p: rng.random(p.shape) < 0.5, params)
+
+
+@pytest.mark.parametrize("name", [*sorted(ALL), *TRANSFORMS])
+def test_random_element_mask(name):
+    """Per element: the run with mask=True where the mask is True, mask=False elsewhere."""
+    with jax.enable_x64(True):
+        params = model_params(jnp.float64)
+        grads = grad_stream(params, STEPS)
+        m = array_mask(params, np.random.default_rng(7))
+        got, _ = run(optimizer(name, m), params, grads)  # a tree of NumPy bool arrays
+        on, _ = run(optimizer(name, True), params, grads)
+        off, _ = run(optimizer(name, False), params, grads)
+        want = jax.tree.map(np.where, m, on[-1], off[-1])
+        assert_trees_close(got[-1], jax.tree.map(jnp.asarray, want), 1e-12)
+        # Decayed and undecayed runs differ on every leaf: the test can fail.
+        differ = jax.tree.map(lambda a, b: bool(np.any(a != b)), on[-1], off[-1])
+        assert all(jax.tree.leaves(differ))
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamp", "sgd_l2", "prox_adam"])
+@pytest.mark.parametrize(
+    "leaf, error, match",
+    [
+        (np.ones((5,), bool), ValueError, r"shape \(5,\), but the param leaf there has shape"),
+        (np.ones((5, 4), np.float32), TypeError, "must be Python bools .* or boolean arrays"),
+        (jnp.ones((5, 4), jnp.int32), TypeError, r"astype\(bool\)"),
+    ],
+    ids=["wrong-shape", "float-array", "int-array"],
+)
+def test_bad_array_mask(name, leaf, error, match):
+    params = model_params(jnp.float32)
+    mask = od.weight_decay_mask(params)
+    mask["dense"]["kernel"] = leaf
+    tx = optimizer(name, mask)
+    with pytest.raises(error, match=match):
+        state = tx.init(params)
+        tx.update(params, state, params)
+
+
+def test_array_mask_must_sit_at_a_leaf():
+    params = model_params(jnp.float32)
+    mask = {**od.weight_decay_mask(params), "norm": np.ones(4, bool)}
+    tx = od.adamw(0.1, 0.1, mask=mask)
+    with pytest.raises(ValueError, match="Only Python bools are broadcast"):
+        tx.update(params, tx.init(params), params)
+
+
+def test_flat_layout_errors():
+    params = model_params(jnp.float32)
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    with pytest.raises(ValueError, match="structure the layout") as err:
+        layout.ravel({"dense": params["dense"]})
+    assert "tree:" in str(err.value) and "layout:" in str(err.value)
+    bad = jax.tree.map(lambda x: x, params)
+    bad["dense"]["bias"] = jnp.ones(5)
+    with pytest.raises(ValueError, match=r"\['dense'\]\['bias'\] has shape \(5,\)"):
+        layout.ravel(bad)
+    mixed = jax.tree.map(lambda x: x, params)
+    mixed["gain"] = mixed["gain"].astype(jnp.bfloat16)
+    with pytest.raises(ValueError, match="casts nothing"):
+        layout.ravel(mixed)
+    with pytest.raises(ValueError, match="keys"):
+        layout.unravel({"bfloat16": jnp.ones(layout.size)})
+    with pytest.raises(ValueError, match="sizes"):
+        layout.mask({"float32": jnp.ones(3)})
+    with pytest.raises(TypeError, match="per-leaf mask of Python bools"):
+        od.flat_layout(params, mask=array_mask(params))
+    with pytest.raises(TypeError, match="not an array"):
+        od.flat_layout({"a": 1.0})
+
+
+# ------------------------------------------------------------------ jit with donation
+
+
+@pytest.mark.parametrize("name", ["sgdw_nesterov", "adamp"])
+def test_jit_donated_flat_step(name):
+    params = model_params(jnp.float32)
+    grads = grad_stream(params, STEPS)
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    tx = optimizer(name, layout.mask)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(flat, state, g):
+        u, state = tx.update(layout.ravel(g), state, flat)
+        return optax.apply_updates(flat, u), state
+
+    # Under jit, layout.mask builds its masks from tracers (an iota compare), as would
+    # any callable mask; sgdw goes through `masked`, adamp through `adaptive_decay`.
+    flat = layout.ravel(params)
+    state = tx.init(flat)
+    for g in grads:
+        old = flat
+        flat, state = step(flat, state, g)
+        assert old["float32"].is_deleted()  # donated: updated in place
+    want, _ = run(optimizer(name, od.weight_decay_mask), params, grads)
+    assert_trees_close(layout.unravel(flat), want[-1], 1e-6)
