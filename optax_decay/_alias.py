@@ -70,7 +70,8 @@ def sgd_l2(
       momentum: ``mu``, or ``None`` for plain SGD.
       nesterov: use Nesterov momentum (``d_t = g_t + mu*(mu d_{t-1} + g_t)``).
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to regularize, as in :func:`optax.masked`.
+      mask: leaves to regularize, per leaf (bools) or per element (bool arrays);
+        see :mod:`optax_decay._masks`.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -118,7 +119,8 @@ def sgdw(
       momentum: ``mu``, or ``None`` for plain SGD.
       nesterov: use Nesterov momentum.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, as in :func:`optax.masked`.
+      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+        see :mod:`optax_decay._masks`.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -173,7 +175,8 @@ def adam_l2(
       weight_decay: ``lambda >= 0`` of the penalty.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to regularize, as in :func:`optax.masked`.
+      mask: leaves to regularize, per leaf (bools) or per element (bool arrays);
+        see :mod:`optax_decay._masks`.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -223,7 +226,8 @@ def adamw(
       coupled: multiply ``weight_decay`` by the learning rate (PyTorch form).
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, as in :func:`optax.masked`.
+      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+        see :mod:`optax_decay._masks`.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -279,7 +283,8 @@ def prox_adam(
       weight_decay: ``lambda >= 0``.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, as in :func:`optax.masked`.
+      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+        see :mod:`optax_decay._masks`.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -329,7 +334,8 @@ def adamp(
       weight_decay: ``lambda >= 0``, effectively multiplied by ``alpha*eta_t/D_t``.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, as in :func:`optax.masked`.
+      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+        see :mod:`optax_decay._masks`.
 
     Returns:
       An :class:`optax.GradientTransformation`.

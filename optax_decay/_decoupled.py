@@ -50,8 +50,9 @@ def decoupled_decay(
         is rejected, since it would flip the weights' signs.
       schedule: ``eta_t``, a float or a callable of the step count ``t``
         (``t = 0`` at the first update); ``None`` means 1.
-      mask: a pytree of bools (``True``: decay the leaf) or a callable
-        ``params -> pytree``, as in :func:`optax.masked`.
+      mask: a pytree of bools (``True``: decay the leaf) or of bool arrays
+        shaped like the params (``True``: decay the element, e.g.
+        ``FlatLayout.mask``), or a callable ``params -> pytree``.
 
     Returns:
       An :class:`optax.GradientTransformation` whose state counts the steps;

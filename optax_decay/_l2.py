@@ -25,8 +25,9 @@ def add_l2_to_grad(weight_decay: float, mask: MaskOrFn = None) -> optax.Gradient
 
     Args:
       weight_decay: ``lambda >= 0``.
-      mask: a pytree of bools (``True``: decay the leaf) or a callable
-        ``params -> pytree``, as in :func:`optax.masked`.
+      mask: a pytree of bools (``True``: decay the leaf) or of bool arrays
+        shaped like the params (``True``: decay the element, e.g.
+        ``FlatLayout.mask``), or a callable ``params -> pytree``.
 
     Returns:
       A stateless :class:`optax.GradientTransformation`; ``update`` needs ``params``.

@@ -32,8 +32,9 @@ def prox_l2(
       weight_decay: ``lambda >= 0``.
       schedule: ``eta_t``, a float or a callable of the step count ``t``
         (``t = 0`` at the first update); ``None`` means 1.
-      mask: a pytree of bools (``True``: decay the leaf) or a callable
-        ``params -> pytree``, as in :func:`optax.masked`.
+      mask: a pytree of bools (``True``: decay the leaf) or of bool arrays
+        shaped like the params (``True``: decay the element, e.g.
+        ``FlatLayout.mask``), or a callable ``params -> pytree``.
 
     Returns:
       An :class:`optax.GradientTransformation` whose state counts the steps;
