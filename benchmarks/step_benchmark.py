@@ -19,6 +19,12 @@ against the bandwidth the device actually delivers in the same run:
   + write) cannot be faster than ``B * N / bandwidth``; ``x roofline`` is the
   measured time over that bound.
 
+* **flat path**: every optimizer again on ``optax_decay.flat_layout`` buffers
+  (one 1-D fp32 array holding the whole tree), rows marked ``[flat]``; the
+  ``adamw [flat+mask]`` row decays every other leaf through ``layout.mask``
+  (an iota compare fused into the update). ``x optax.adamw`` always divides by
+  the tree-path ``optax.adamw``.
+
 Every repeat runs every optimizer once, round robin, so that machine noise
 hits all alike; times are medians over repeats (minima are in the JSON).
 
@@ -268,6 +274,23 @@ class CopyRunner:
         return (time.perf_counter() - t0) / self.steps
 
 
+def alternate_mask(params: Any) -> Any:
+    """Decays every other leaf (in tree order): the flat layout must regroup them."""
+    leaves, treedef = jax.tree.flatten(params)
+    return jax.tree.unflatten(treedef, [i % 2 == 0 for i in range(len(leaves))])
+
+
+def flat_runners(host_params, grads, txs, steps) -> dict[str, Runner]:
+    """Every optimizer on the flat buffers of ``host_params``, plus masked AdamW."""
+    layout = optax_decay.flat_layout(host_params, mask=alternate_mask)
+    flat_host = jax.tree.map(np.asarray, layout.ravel(host_params))
+    flat_grads = layout.ravel(grads)
+    runners = {f"{opt} [flat]": Runner(tx, flat_host, flat_grads, steps) for opt, tx in txs.items()}
+    masked = optax_decay.adamw(LEARNING_RATE, WEIGHT_DECAY_PAPER, mask=layout.mask)
+    runners["adamw [flat+mask]"] = Runner(masked, flat_host, flat_grads, steps)
+    return runners
+
+
 # --------------------------------------------------------------------------- benchmark
 
 
@@ -291,6 +314,8 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
     t0 = time.perf_counter()
     copy = CopyRunner(n, args.steps)
     runners = {opt: Runner(tx, host_params, grads, args.steps) for opt, tx in txs.items()}
+    if not args.no_flat:
+        runners.update(flat_runners(host_params, grads, txs, args.steps))
     del host_params
     t1 = time.perf_counter()
     bar.set_postfix_str(f"{name}: compile")
@@ -341,6 +366,7 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
                 {
                     "tree": name,
                     "optimizer": opt,
+                    "path": "flat" if "[flat" in opt else "tree",
                     "mode": mode,
                     "n_params": n,
                     "n_leaves": n_leaves,
@@ -376,7 +402,7 @@ def markdown(result: dict) -> str:
         f"jax {result['versions']['jax']}, optax {result['versions']['optax']}; "
         f"scale {args['scale']}, K={args['steps']} steps per timing, "
         f"{args['repeats']} repeat(s), medians, lr={LEARNING_RATE}, "
-        f"wd={WEIGHT_DECAY_PAPER} (paper) / {WEIGHT_DECAY_COUPLED} (coupled), no mask.\n"
+        f"wd={WEIGHT_DECAY_PAPER} (paper) / {WEIGHT_DECAY_COUPLED} (coupled), no mask (but [flat+mask]).\n"
     )
     for name, info in result["trees"].items():
         lines.append(
@@ -489,6 +515,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(the 2000-leaf loops alone take minutes to compile)",
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--no-flat", action="store_true", help="skip the flat-buffer rows")
     args = p.parse_args(argv)
     if args.scale is None:
         args.scale = 0.001 if args.quick else (0.05 if jax.default_backend() == "cpu" else 1.0)
@@ -522,7 +549,7 @@ def main(argv=None) -> dict:
         "trees": {},
         "records": [],
     }
-    per_tree = args.repeats * (2 * len(txs) + 2)
+    per_tree = args.repeats * (2 * (len(txs) if args.no_flat else 2 * len(txs) + 1) + 2)
     with tqdm(
         total=per_tree * len(args.trees), disable=args.no_progress, file=sys.stderr, unit="run"
     ) as bar:

@@ -1,9 +1,11 @@
 """Smoke test of benchmarks/step_benchmark.py: --quick runs every optimizer on every tree."""
 
 import json
+import sys
 
+import jax
 import pytest
-from helpers import load_script
+from helpers import ROOT, load_script
 
 
 # Donation is a no-op where a backend cannot reuse a buffer; that warning (and only
@@ -24,13 +26,15 @@ def test_quick_benchmark_writes_every_record(tmp_path, capsys):
         assert result["versions"][key]
 
     got = {(r["tree"], r["optimizer"], r["mode"]) for r in result["records"]}
-    want = {(t, o, m) for t in bench.TREES for o in optimizers for m in bench.MODES}
+    names = optimizers | {f"{o} [flat]" for o in optimizers} | {"adamw [flat+mask]"}
+    want = {(t, o, m) for t in bench.TREES for o in names for m in bench.MODES}
     assert got == want
     assert len(result["records"]) == len(want)
     for r in result["records"]:
         assert r["seconds_per_step"]["median"] > 0
         assert r["x_roofline"] > 0
         assert r["params_finite"]
+        assert r["path"] == ("flat" if "[flat" in r["optimizer"] else "tree")
         if r["optimizer"] == bench.REFERENCE:
             assert r["x_optax_adamw"] == pytest.approx(1.0)
         adam_like = not r["optimizer"].startswith("sgd")
@@ -43,3 +47,42 @@ def test_quick_benchmark_writes_every_record(tmp_path, capsys):
     for tree in bench.TREES:
         assert f"## {tree}" in md
     assert md.count("| optimizer | bytes/param |") == len(bench.TREES)
+
+
+def test_flat_runner_packs_the_whole_tree_in_one_buffer():
+    bench = load_script("benchmarks/step_benchmark.py")
+    shapes = bench.scale_shapes(bench.tree_shapes("gpt2", gpt2_layers=1), 0.001)
+    host = bench.random_tree(shapes, 0, 0.02)
+    grads = bench.random_tree(shapes, 1, 1e-3)
+    runners = bench.flat_runners(host, grads, {"adamw": bench.optimizers()["adamw"]}, 1)
+    n = sum(x.size for x in jax.tree.leaves(host))
+    for runner in runners.values():
+        assert [x.shape for x in jax.tree.leaves(runner.params)] == [(n,)]
+        assert runner.bytes_per_param == pytest.approx(28.0)
+    mask = jax.tree.leaves(bench.alternate_mask(host))
+    assert mask == [i % 2 == 0 for i in range(len(mask))]
+
+
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable:UserWarning")
+def test_quick_train_step_benchmark(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    bench = load_script("benchmarks/train_step_benchmark.py")
+    result = bench.main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    got = {(r["model"], r["optimizer"], r["path"], r["mode"]) for r in result["records"]}
+    want = {
+        (m, o, p, mode)
+        for m in bench.MODELS
+        for o in ("adamw", "adamp")
+        for p in bench.PATHS
+        for mode in bench.MODES
+    }
+    assert got == want
+    by_key = {(r["model"], r["optimizer"], r["path"], r["mode"]): r for r in result["records"]}
+    for (m, o, p, mode), r in by_key.items():
+        assert r["seconds_per_step"] > 0
+        assert r["n_leaves"] == 1 if p == "flat" else r["n_leaves"] > 1
+        tree = by_key[(m, o, "tree", mode)]
+        assert r["x_tree"] == pytest.approx(r["seconds_per_step"] / tree["seconds_per_step"])
+        # Both paths ran the same number of identical steps from the same init.
+        assert r["final_loss"] == pytest.approx(tree["final_loss"], rel=1e-4)
+    assert (tmp_path / "results.md").read_text() in capsys.readouterr().out
