@@ -1,0 +1,29 @@
+"""examples/flat_nnx.py: NNX training on flat buffers matches nnx.Optimizer on the tree."""
+
+import json
+
+from helpers import load_script
+
+
+def test_flat_training_matches_tree_training(tmp_path, capsys):
+    script = load_script("examples/flat_nnx.py")
+    report = script.main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    # The same elementwise math on both paths: only round-off separates them.
+    assert report["max_abs_param_difference"] < 1e-5
+    assert report["flat"]["test_accuracy"] == report["tree"]["test_accuracy"]
+    assert abs(report["final_loss"]["flat"] - report["final_loss"]["tree"]) < 1e-4
+    # One float32 buffer; kernels (decayed) first: all but biases and LayerNorm params.
+    assert list(report["buffers"]) == ["float32"]
+    n_undecayed = sum(size for size in _bias_and_norm_sizes(report["config"]))
+    assert report["decayed_per_buffer"]["float32"] == report["n_params"] - n_undecayed
+    assert json.loads((tmp_path / "results.json").read_text()) == report
+    assert (tmp_path / "flat_nnx.png").stat().st_size > 0
+    assert "largest |flat - tree|" in capsys.readouterr().out
+
+
+def _bias_and_norm_sizes(config):
+    """Sizes of the leaves weight_decay_mask leaves alone, from the model's definition."""
+    width, depth = config["width"], config["depth"]
+    yield depth * width  # hidden biases
+    yield 2 * depth * width  # LayerNorm scale and bias
+    yield 10  # head bias (10 digit classes)
