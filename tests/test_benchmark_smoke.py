@@ -37,6 +37,7 @@ def test_quick_benchmark_writes_every_record(tmp_path, capsys):
         assert r["path"] == ("flat" if "[flat" in r["optimizer"] else "tree")
         if r["optimizer"] == bench.REFERENCE:
             assert r["x_optax_adamw"] == pytest.approx(1.0)
+            assert r["x_optax_adamw_paired"] == pytest.approx(1.0)
         adam_like = not r["optimizer"].startswith("sgd")
         assert r["bytes_per_param"] == pytest.approx(28.0 if adam_like else 12.0)
     for info in result["trees"].values():
