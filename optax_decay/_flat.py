@@ -196,11 +196,7 @@ class FlatLayout:
         :meth:`ravel` from the params). Differentiable, and cheap under ``jit``.
         """
         self._check_flat("unravel", flat)
-        leaves = [
-            flat[name][start : start + int(np.prod(shape, dtype=np.int64))].reshape(shape)
-            for name, start, shape in zip(self.buffer_of, self.offsets, self.shapes, strict=True)
-        ]
-        return jax.tree.unflatten(self.treedef, leaves)
+        return _unravel(self, flat)
 
     def _check_flat(self, method: str, flat: Any) -> None:
         names = [b.name for b in self.buffers]
@@ -224,6 +220,20 @@ class FlatLayout:
     def __repr__(self) -> str:
         parts = ", ".join(f"{b.name}: {b.size} ({b.decayed} decayed)" for b in self.buffers)
         return f"FlatLayout({len(self.shapes)} leaves; {parts or 'empty'})"
+
+
+def _unravel(layout: FlatLayout, flat: Mapping[str, jax.Array]) -> Any:
+    # One split per buffer, not a slice per leaf: the transpose of a split is one
+    # concatenation, while each slice would transpose to a pad to the buffer's full
+    # size, summed by XLA leaf by leaf (on the CPU that made a train step on flat
+    # buffers 2x slower than on the tree).
+    leaves: list[Any] = [None] * len(layout.shapes)
+    for b in layout.buffers:
+        sizes = [int(np.prod(layout.shapes[i], dtype=np.int64)) for i in b.leaves]
+        pieces = jnp.split(flat[b.name], np.cumsum(sizes)[:-1].tolist()) if sizes else []
+        for i, piece in zip(b.leaves, pieces, strict=True):
+            leaves[i] = piece.reshape(layout.shapes[i])
+    return jax.tree.unflatten(layout.treedef, leaves)
 
 
 @dataclasses.dataclass(frozen=True)
