@@ -130,8 +130,18 @@ def test_verdicts_and_summary_follow_the_records(run):
         free = all(
             math.isfinite(r["max_rel_param_diff"]) and r["max_rel_param_diff"] < tol for r in rows
         ) and not any(r["diverged"] for r in rows)
+        control = payload["roundoff_control"]["max_rel_param_diff"][name]
+        assert all(r["roundoff_control"] == control for r in rows)
+        roundoff = all(r["max_rel_param_diff"] <= 2 * control for r in rows) and not any(
+            r["diverged"] for r in rows
+        )
         verdict = payload["verdicts"][name]
-        assert verdict.startswith("scale-free" if free else "not scale-free"), (name, verdict)
+        if free:
+            assert verdict == "scale-free", (name, verdict)
+        elif roundoff:
+            assert verdict == "scale-free up to round-off", (name, verdict)
+        else:
+            assert verdict == "not scale-free" or verdict.startswith("not scale-free ("), verdict
         assert f"| {name} | {verdict} |" in summary
     for rec in records:
         if not (math.isfinite(rec["weight_norm"]) and math.isfinite(rec["train_loss"])):
