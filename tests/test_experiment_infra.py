@@ -170,8 +170,10 @@ def test_grid_member_equals_its_single_run(optimizer, model, batchnorm):
             # Adam's normalization turns that rounding noise into full-size steps.
             for layer in got["layers"]:
                 del got["layers"][layer]["bias"], expected["layers"][layer]["bias"]
+        # atol: Adam turns round-off on near-zero gradients (vmapped vs single-model
+        # kernels) into ~1e-6 differences; a mixed-up member would differ by ~1e-3.
         jax.tree.map(
-            lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6), got, expected
+            lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-5), got, expected
         )
     # The decayed weight norm reported is the norm of the kernels of that member.
     kernels = [
@@ -203,7 +205,7 @@ def test_loss_scale_member_equals_scaled_single_run():
     )
     expected = _single_run("adam_l2", 1e-3, 1e-2, data, model_fn, 8, 32, 0, loss_scale=100.0)
     got = jax.tree.map(lambda a: a[1], result.params)
-    jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6), got, expected)
+    jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-5), got, expected)
     records = result.records(model="mlp")
     assert [r["loss_scale"] for r in records] == [1.0, 100.0]
     assert {"optimizer", "learning_rate", "weight_decay", "test_accuracy", "weight_norm"} <= set(
