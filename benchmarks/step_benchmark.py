@@ -490,6 +490,24 @@ def versions() -> dict:
     }
 
 
+def report_header(args: argparse.Namespace) -> dict:
+    """Machine, versions, date and arguments: what every results.json starts with."""
+    return {
+        "machine": machine_info(),
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+
+
+def write_report(result: dict, md: str, out: Path) -> None:
+    """``results.json`` and ``results.md`` into ``out``; the markdown is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "results.md").write_text(md)
+    print(md)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -545,10 +563,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     txs = optimizers()
     result = {
-        "machine": machine_info(),
-        "versions": versions(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_header(args),
         "settings": {
             "learning_rate": LEARNING_RATE,
             "weight_decay_paper": WEIGHT_DECAY_PAPER,
@@ -567,11 +582,7 @@ def main(argv=None) -> dict:
             result["trees"][name] = info
             result["records"].extend(records)
 
-    md = markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "results.md").write_text(md)
-    print(md)
+    write_report(result, markdown(result), args.out)
     return result
 
 

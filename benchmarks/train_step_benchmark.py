@@ -33,9 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -46,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from step_benchmark import machine_info, versions
+from step_benchmark import report_header, write_report
 from tqdm.auto import tqdm
 
 import optax_decay
@@ -314,22 +312,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = {
-        "machine": machine_info(),
-        "versions": versions(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "records": [],
-    }
+    result = {**report_header(args), "records": []}
     total = len(args.models) * args.repeats * 2 * 2 * len(args.optimizers)
     with tqdm(total=total, disable=args.no_progress, file=sys.stderr, unit="run") as bar:
         for name in args.models:
             result["records"].extend(bench_model(name, args, bar))
-    md = markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "results.md").write_text(md)
-    print(md)
+    write_report(result, markdown(result), args.out)
     return result
 
 

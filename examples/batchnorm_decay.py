@@ -325,6 +325,18 @@ def decays_of(optimizer: str, args) -> list[float]:
 # ------------------------------------------------------------------------------------------
 
 
+def make_model(args, data) -> nnx.Module:
+    """A fresh model of the run's architecture (``--model``, ``--width``, ``--no-bn``)."""
+    return nnx_models.make_model(
+        args.model,
+        data.image_shape,
+        data.num_classes,
+        batchnorm=args.batchnorm,
+        seed=args.seed,
+        width=tuple(args.width),
+    )
+
+
 def run_optimizer(optimizer: str, args, data, layers: Sequence[int], scratch):
     """One ``train_grid`` over the weight decays: its records and its history (JSON-ready).
 
@@ -334,14 +346,7 @@ def run_optimizer(optimizer: str, args, data, layers: Sequence[int], scratch):
     lr = learning_rate_of(optimizer, args)
 
     def model_fn():
-        return nnx_models.make_model(
-            args.model,
-            data.image_shape,
-            data.num_classes,
-            batchnorm=args.batchnorm,
-            seed=args.seed,
-            width=tuple(args.width),
-        )
+        return make_model(args, data)
 
     result = train_grid(
         optimizer,
@@ -613,16 +618,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # One jitted init (eager init compiles every op on its own): the scratch model of
     # batch_stat_accuracy, and the list of layers followed by a BatchNorm (all hidden
     # layers in the --no-bn control).
-    probe = nnx.jit(
-        lambda: nnx_models.make_model(
-            args.model,
-            data.image_shape,
-            data.num_classes,
-            batchnorm=args.batchnorm,
-            seed=args.seed,
-            width=tuple(args.width),
-        )
-    )()
+    probe = nnx.jit(lambda: make_model(args, data))()
     layers = [i for i, norm in enumerate(probe.norms) if norm is not None or not args.batchnorm]
     records, history = [], {}
     for name in args.optimizers:

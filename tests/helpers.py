@@ -145,3 +145,16 @@ def max_rel_diff(a, b):
         float(jnp.max(jnp.abs(x - y) / (jnp.abs(y) + 1e-30)))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
+
+
+HYPER = {  # name -> (alpha, lambda): each in its own convention, all non-trivial.
+    "adam_l2": (0.05, 0.3),
+    "adamw": (0.05, 0.2),
+    "adamw_coupled": (0.05, 4.0),
+    "prox_adam": (0.05, 0.2),
+    "adamp": (0.05, 0.3),
+    "sgd_l2": (0.1, 0.3),
+    "sgdw": (0.1, 0.05),
+    "sgd_l2_momentum": (0.1, 0.3),
+    "sgdw_nesterov": (0.1, 0.05),
+}

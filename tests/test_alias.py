@@ -12,6 +12,7 @@ from absl.testing import parameterized
 from helpers import (
     ADAM_FAMILY,
     ALL,
+    HYPER,
     SGD_FAMILY,
     make_grads,
     make_params,
@@ -30,18 +31,6 @@ def x64():
 
 
 ETA = optax.cosine_decay_schedule(1.0, 10, alpha=0.1)
-
-HYPER = {  # name -> (alpha, lambda): each in its own convention, all non-trivial.
-    "adam_l2": (0.05, 0.3),
-    "adamw": (0.05, 0.2),
-    "adamw_coupled": (0.05, 4.0),
-    "prox_adam": (0.05, 0.2),
-    "adamp": (0.05, 0.3),
-    "sgd_l2": (0.1, 0.3),
-    "sgdw": (0.1, 0.05),
-    "sgd_l2_momentum": (0.1, 0.3),
-    "sgdw_nesterov": (0.1, 0.05),
-}
 
 
 def ref_kwargs(name):

@@ -19,24 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ALL
+from helpers import ALL, HYPER
 
 import optax_decay as od
 
 ETA = optax.cosine_decay_schedule(1.0, 6, alpha=0.1)
 STEPS = 4
 
-HYPER = {  # name -> (alpha, lambda), as in test_alias: every decay visible in a few steps.
-    "adam_l2": (0.05, 0.3),
-    "adamw": (0.05, 0.2),
-    "adamw_coupled": (0.05, 4.0),
-    "prox_adam": (0.05, 0.2),
-    "adamp": (0.05, 0.3),
-    "sgd_l2": (0.1, 0.3),
-    "sgdw": (0.1, 0.05),
-    "sgd_l2_momentum": (0.1, 0.3),
-    "sgdw_nesterov": (0.1, 0.05),
-}
 
 # name -> factory(mask): the transforms, each in a small chain.
 TRANSFORMS = {
