@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 
 import matplotlib
+import matplotlib.patches
 import numpy as np
 from fashion_data import DATASETS, DEFAULT_DIR, Dataset, DatasetMissingError, load
 
