@@ -217,12 +217,14 @@ def adaptive_decay(
             drop = jnp.where(jnp.isinf(k), jnp.ones_like(k), k * keep)
             s_m = keep * s_ / bias1.astype(d.dtype)
             if per_element:
-                # k -> where(on, k, 0) per element: keep = 1, drop = 0 where the mask is
-                # False (the plain Adam step). Selecting the scalars is the same arithmetic
-                # as recomputing keep and drop from an elementwise k, without a divide.
-                one, zero = jnp.ones_like(keep), jnp.zeros_like(drop)
-                s_m = jnp.where(on, s_m, s_ / bias1.astype(d.dtype))
-                keep, drop = jnp.where(on, keep, one), jnp.where(on, drop, zero)
+                # The plain Adam step where the mask is False. Select between per-element
+                # values, not scalars: under a fixed mask and a constant step, a
+                # where(on, scalar, scalar) is loop invariant, and XLA hoists it out of a
+                # training loop (lax.fori_loop, lax.scan) as a materialized array per
+                # selected scalar, read back at every element and step (+45% on CPU).
+                plain = s_ / bias1.astype(d.dtype)
+                num = jnp.where(on, s_m * m_raw + drop * w, plain * m_raw)
+                return -num / jnp.where(on, keep * d + drop, d)
             return -(s_m * m_raw + drop * w) / (keep * d + drop)
 
         updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, is_leaf=_is_none)
