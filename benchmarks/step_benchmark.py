@@ -316,7 +316,11 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
     bar.set_postfix_str(f"{name}: trace")
     t0 = time.perf_counter()
     copy = CopyRunner(n, args.steps)
-    runners = {opt: Runner(tx, host_params, grads, args.steps) for opt, tx in txs.items()}
+    runners = {
+        opt: Runner(tx, host_params, grads, args.steps)
+        for opt, tx in txs.items()
+        if opt == REFERENCE or not args.no_tree
+    }
     if not args.no_flat:
         runners.update(flat_runners(host_params, grads, txs, args.steps))
     del host_params
@@ -325,6 +329,10 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
     with ThreadPoolExecutor(max(1, min(args.compile_threads, len(runners) + 1))) as pool:
         list(pool.map(lambda r: r.compile(), [copy, *runners.values()]))
     t2 = time.perf_counter()
+    bar.write(
+        f"{name}: {len(runners)} runners, traced in {t1 - t0:.1f} s, compiled in {t2 - t1:.1f} s",
+        file=sys.stderr,
+    )
     bar.set_postfix_str(f"{name}: warm up")
     copy.warmup()
     for runner in runners.values():
@@ -500,12 +508,13 @@ def report_header(args: argparse.Namespace) -> dict:
     }
 
 
-def write_report(result: dict, md: str, out: Path) -> None:
-    """``results.json`` and ``results.md`` into ``out``; the markdown is printed too."""
+def write_report(result: dict, md: str, out: Path, echo: bool = True) -> None:
+    """``results.json`` and ``results.md`` into ``out``; ``echo`` prints the markdown."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(md)
-    print(md)
+    if echo:
+        print(md)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -543,6 +552,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--no-flat", action="store_true", help="skip the flat-buffer rows")
+    p.add_argument(
+        "--no-tree",
+        action="store_true",
+        help=f"tree path for {REFERENCE} only, the reference of every ratio (compiling "
+        "2000-leaf loops for every optimizer takes minutes)",
+    )
     args = p.parse_args(argv)
     if args.scale is None:
         args.scale = 0.001 if args.quick else (0.05 if jax.default_backend() == "cpu" else 1.0)
@@ -556,6 +571,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.many_leaves = 16 if args.quick else 2000
     if args.scale <= 0 or min(args.steps, args.repeats, args.gpt2_layers, args.many_leaves) < 1:
         p.error("--scale must be > 0; --steps, --repeats, --gpt2-layers, --many-leaves >= 1")
+    if args.no_flat and args.no_tree:
+        p.error("--no-flat and --no-tree leave nothing but optax.adamw to time; drop one")
     return args
 
 
@@ -573,7 +590,9 @@ def main(argv=None) -> dict:
         "trees": {},
         "records": [],
     }
-    per_tree = args.repeats * (2 * (len(txs) if args.no_flat else 2 * len(txs) + 1) + 2)
+    n_tree = 1 if args.no_tree else len(txs)
+    n_flat = 0 if args.no_flat else len(txs) + 1
+    per_tree = args.repeats * (2 * (n_tree + n_flat) + 2)
     with tqdm(
         total=per_tree * len(args.trees), disable=args.no_progress, file=sys.stderr, unit="run"
     ) as bar:
@@ -581,8 +600,9 @@ def main(argv=None) -> dict:
             info, records = bench_tree(name, args, txs, bar)
             result["trees"][name] = info
             result["records"].extend(records)
-
-    write_report(result, markdown(result), args.out)
+            # after every tree: a run stopped by a time limit keeps what it measured
+            write_report(result, markdown(result), args.out, echo=False)
+    print(markdown(result))
     return result
 
 

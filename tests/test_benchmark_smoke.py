@@ -50,6 +50,22 @@ def test_quick_benchmark_writes_every_record(tmp_path, capsys):
     assert md.count("| optimizer | bytes/param |") == len(bench.TREES)
 
 
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable:UserWarning")
+def test_no_tree_keeps_only_the_reference_on_the_tree_path(tmp_path):
+    bench = load_script("benchmarks/step_benchmark.py")
+    args = ["--quick", "--no-progress", "--trees", "one_leaf", "--no-tree", "--out", str(tmp_path)]
+    bench.main(args)
+    result = json.loads((tmp_path / "results.json").read_text())
+    tree_rows = {r["optimizer"] for r in result["records"] if r["path"] == "tree"}
+    assert tree_rows == {bench.REFERENCE}
+    assert {r["optimizer"] for r in result["records"] if r["path"] == "flat"} == {
+        *(f"{o} [flat]" for o in bench.optimizers()),
+        "adamw [flat+mask]",
+    }
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--no-tree", "--no-flat"])
+
+
 def test_flat_runner_packs_the_whole_tree_in_one_buffer():
     bench = load_script("benchmarks/step_benchmark.py")
     shapes = bench.scale_shapes(bench.tree_shapes("gpt2", gpt2_layers=1), 0.001)
