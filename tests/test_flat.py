@@ -449,7 +449,7 @@ def test_training_loop_carries_no_hoisted_mask_arrays(name):
 
     With a constant step, anything computed from the mask and scalars alone is loop
     invariant; XLA hoists it out of the loop and reads it back as one more array per
-    element and step (adamp once read three: +45% step time on CPU). The while loop
+    element and step (adamp once read two, and the mask: +45% step time on CPU). The while loop
     must carry exactly the float arrays of the params, the state and the gradients.
     """
     n = 1009  # a size no other array has
