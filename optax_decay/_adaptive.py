@@ -10,14 +10,11 @@ from optax_decay._checks import (
     check_beta,
     check_float_params,
     check_nonnegative,
+    is_none,
     require_params,
 )
 from optax_decay._convert import evaluate, step_size
 from optax_decay._masks import MaskOrFn, is_array_mask, resolve_mask
-
-
-def _is_none(x):
-    return x is None
 
 
 def _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype):
@@ -34,7 +31,7 @@ def _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype):
     mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
     nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
     denom = jax.tree.map(
-        lambda v: None if v is None else jnp.sqrt(v + eps_root) + eps, nu_hat, is_leaf=_is_none
+        lambda v: None if v is None else jnp.sqrt(v + eps_root) + eps, nu_hat, is_leaf=is_none
     )
     new_state = optax.ScaleByAdamState(
         count=count_inc, mu=optax.tree.cast(mu, mu_dtype), nu=optax.tree.cast_like(nu, state.nu)
@@ -113,7 +110,7 @@ def scale_by_adam(
         del params
         _, mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
         updates = jax.tree.map(
-            lambda m, d: None if m is None else m / d, mu_hat, denom, is_leaf=_is_none
+            lambda m, d: None if m is None else m / d, mu_hat, denom, is_leaf=is_none
         )
         return updates, state
 
@@ -227,7 +224,7 @@ def adaptive_decay(
                 return -num / jnp.where(on, keep * d + drop, d)
             return -(s_m * m_raw + drop * w) / (keep * d + drop)
 
-        updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, is_leaf=_is_none)
+        updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, is_leaf=is_none)
         return updates, state
 
     return optax.GradientTransformation(_adam_init(mu_dtype), update_fn)

@@ -93,7 +93,8 @@ def check_decay_factor(name: str, weight_decay: Any, schedule: Any) -> None:
         )
 
 
-def _is_none(x: Any) -> bool:
+def is_none(x: Any) -> bool:
+    """``is_leaf`` for ``jax.tree`` functions: keeps ``None`` leaves (masked-out updates)."""
     return x is None
 
 
@@ -111,8 +112,8 @@ def require_params(name: str, updates: Any, params: Any) -> None:
     """Raises unless ``params`` is given, matches ``updates`` and is floating point."""
     if params is None:
         raise ValueError(NO_PARAMS_MSG.format(name=name))
-    u = jax.tree.structure(updates, is_leaf=_is_none)
-    p = jax.tree.structure(params, is_leaf=_is_none)
+    u = jax.tree.structure(updates, is_leaf=is_none)
+    p = jax.tree.structure(params, is_leaf=is_none)
     if u != p:
         raise ValueError(PARAMS_STRUCTURE_MSG.format(name=name, updates=u, params=p))
     check_float_params(params)

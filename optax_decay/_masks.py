@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_decay._checks import is_none
+
 MASK_STRUCTURE_MSG = (
     "`mask` does not match the structure of the params.\n"
     "  mask:   {mask}\n  params: {params}\n"
@@ -66,10 +68,6 @@ MaskOrFn = Any | Callable[[Any], Any] | None
 
 class _MaskLeafError(ValueError):
     """A mask leaf that does not fit its params; raised as it is, not as a structure error."""
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def _is_static(leaf: Any) -> bool:
@@ -113,7 +111,7 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
 
     def broadcast(path, m, sub):
         if not is_array_mask(m):
-            return jax.tree.map(lambda _: bool(m), sub, is_leaf=_is_none)
+            return jax.tree.map(lambda _: bool(m), sub, is_leaf=is_none)
         where = jax.tree_util.keystr(path) or "(root)"
         if sub is None or not jax.tree_util.treedef_is_leaf(jax.tree.structure(sub)):
             raise _MaskLeafError(MASK_PREFIX_MSG.format(path=where, params=jax.tree.structure(sub)))
@@ -126,7 +124,7 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
         return m
 
     try:
-        return jax.tree_util.tree_map_with_path(broadcast, tree, params, is_leaf=_is_none)
+        return jax.tree_util.tree_map_with_path(broadcast, tree, params, is_leaf=is_none)
     except _MaskLeafError:
         raise
     except (ValueError, TypeError, KeyError) as err:
@@ -222,4 +220,4 @@ def weight_decay_mask(
         names = {_key_name(k) for k in path}
         return bool(np.ndim(leaf) >= min_ndim and not names & exclude)
 
-    return jax.tree_util.tree_map_with_path(decide, params, is_leaf=_is_none)
+    return jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_none)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_decay._checks import concrete_float, require_params
+from optax_decay._checks import concrete_float, is_none, require_params
 
 
 class DecayPrecisionWarning(UserWarning):
@@ -73,10 +73,6 @@ class MasterWeightsState(NamedTuple):
     inner_state: optax.OptState  # the wrapped optimizer's state, built on `master`.
 
 
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
 def _is_low(x: Any, dtype: Any) -> bool:
     return jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < jnp.finfo(dtype).bits
 
@@ -125,11 +121,11 @@ def master_weights(
     inner = optax.with_extra_args_support(inner)
 
     def working(master, params):
-        return jax.tree.map(lambda m, p: p if m is None else m, master, params, is_leaf=_is_none)
+        return jax.tree.map(lambda m, p: p if m is None else m, master, params, is_leaf=is_none)
 
     def init_fn(params):
         master = jax.tree.map(
-            lambda p: p.astype(dtype) if _is_low(p, dtype) else None, params, is_leaf=_is_none
+            lambda p: p.astype(dtype) if _is_low(p, dtype) else None, params, is_leaf=is_none
         )
         return MasterWeightsState(master=master, inner_state=inner.init(working(master, params)))
 
@@ -139,7 +135,7 @@ def master_weights(
             lambda m, g: g if m is None else g.astype(m.dtype),
             state.master,
             updates,
-            is_leaf=_is_none,
+            is_leaf=is_none,
         )
         u, inner_state = inner.update(
             grads, state.inner_state, working(state.master, params), **extra_args
@@ -148,7 +144,7 @@ def master_weights(
             lambda m, d: None if m is None else (m + d).astype(m.dtype),
             state.master,
             u,
-            is_leaf=_is_none,
+            is_leaf=is_none,
         )
         # In the params' dtype: w + (round(m) - w) == round(m) when the two are close.
         updates = jax.tree.map(
@@ -156,7 +152,7 @@ def master_weights(
             master,
             u,
             params,
-            is_leaf=_is_none,
+            is_leaf=is_none,
         )
         return updates, MasterWeightsState(master=master, inner_state=inner_state)
 
