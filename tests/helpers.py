@@ -65,8 +65,8 @@ def make_grads(params, steps, seed=1, scale=1.0):
     ]
 
 
-def run(tx, params, grads, jit=True):
-    """Feeds a fixed gradient stream; returns the params after every step."""
+def run(tx, params, grads, jit=True, return_state=False):
+    """Feeds a fixed gradient stream; returns the params after every step (and the state)."""
     update = jax.jit(tx.update) if jit else tx.update
     state = tx.init(params)
     out = []
@@ -74,22 +74,8 @@ def run(tx, params, grads, jit=True):
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
         out.append(params)
-    return out
+    return (out, state) if return_state else out
 
-
-def run_loss(tx, params, loss, steps):
-    """Minimizes ``loss(params)`` for ``steps`` steps; returns the final params."""
-
-    @jax.jit
-    def step(params, state):
-        g = jax.grad(loss)(params)
-        u, state = tx.update(g, state, params)
-        return optax.apply_updates(params, u), state
-
-    state = tx.init(params)
-    for _ in range(steps):
-        params, state = step(params, state)
-    return params
 
 
 def reference(name, params, grads, alpha, lam, eta=lambda t: 1.0, b1=0.9, b2=0.999, eps=1e-8,

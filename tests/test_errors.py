@@ -163,11 +163,13 @@ def test_complex_params_decay_both_parts(name):
     u, _ = tx.update(jnp.zeros_like(w), tx.init(w), w)
     new = w + u
     assert new.dtype == jnp.complex64
-    if name == "adam_l2":  # the penalty's gradient is w itself: Adam's first step moves by alpha
-        return
     ratio = new / w
-    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
-    assert float(jnp.abs(ratio[0])) < 1 and abs(float(jnp.angle(ratio[0]))) < 1e-6
+    # Every element shrinks without turning; the factor is one number except under
+    # adam_l2, whose first Adam step (the penalty's gradient is w itself) moves each
+    # element by about alpha, whatever its size.
+    assert np.all(np.abs(ratio) < 1) and np.all(np.abs(np.angle(ratio)) < 1e-6)
+    if name != "adam_l2":
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(ALL))

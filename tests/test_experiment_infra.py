@@ -143,13 +143,17 @@ def _single_run(optimizer, lr, wd, data, model_fn, steps, batch_size, seed, loss
 )
 def test_grid_member_equals_its_single_run(optimizer, model, batchnorm):
     data = fashion_data.load_digits()
-    lrs, wds = [1e-3, 3e-3, 5e-2][:2], [1e-2, 0.0]
+    lrs, wds = [1e-3, 3e-3], [1e-2, 0.0]
     if optimizer == "sgdw":
         lrs = [0.05, 0.02]
 
     def model_fn():
         return nnx_models.make_model(
-            model, data.image_shape, 10, batchnorm=batchnorm, width=(8, 8)[: 1 + (model == "cnn")]
+            model,
+            data.image_shape,
+            10,
+            batchnorm=batchnorm,
+            width=(8, 8) if model == "cnn" else (8,),
         )
 
     result = grid_training.train_grid(
@@ -183,7 +187,9 @@ def test_grid_member_equals_its_single_run(optimizer, model, batchnorm):
     ]
     norms = np.sqrt(sum(np.sum(np.square(k.reshape(len(lrs), -1)), axis=1) for k in kernels))
     np.testing.assert_allclose(result.weight_norm, norms, rtol=1e-5)
-    assert result.test_accuracy.shape == (2,) and np.all((0 <= result.test_accuracy) <= 1)
+    assert result.test_accuracy.shape == (2,) and np.all(
+        (0 <= result.test_accuracy) & (result.test_accuracy <= 1)
+    )
 
 
 def test_loss_scale_member_equals_scaled_single_run():

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ALL, HYPER
+from helpers import ALL, HYPER, make_grads
+from helpers import run as run_steps
 
 import optax_decay as od
 
@@ -82,27 +83,10 @@ def model_params(dtype, seed=0, low=None):
     return jax.tree_util.tree_map_with_path(leaf, SHAPES, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def grad_stream(params, steps, seed=1):
-    rng = np.random.default_rng(seed)
-    return [
-        jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-        for _ in range(steps)
-    ]
-
-
-def run(tx, params, grads):
-    """Params after each step and the final state.
-
-    Eager: compiling each optimizer twice (tree and flat) would take most of this
-    file's time; `test_jit_donated_flat_step` runs the flat path under `jax.jit`.
-    """
-    state = tx.init(params)
-    out = []
-    for g in grads:
-        u, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, u)
-        out.append(params)
-    return out, state
+# Params after each step and the final state. Eager: compiling each optimizer twice (tree
+# and flat) would take most of this file's time; `test_jit_donated_flat_step` runs the flat
+# path under `jax.jit`.
+run = functools.partial(run_steps, jit=False, return_state=True)
 
 
 def assert_trees_close(got, want, rtol):
@@ -279,7 +263,7 @@ def test_flat_equals_tree(name, dtype):
         assert len({x.dtype for x in jax.tree.leaves(params)}) == 2
     else:
         params = model_params(dt)
-    grads = grad_stream(params, STEPS)
+    grads = make_grads(params, STEPS)
     layout = od.flat_layout(params, mask=od.weight_decay_mask)
 
     tree_out, tree_state = run(optimizer(name, od.weight_decay_mask), params, grads)
@@ -332,7 +316,7 @@ def test_random_element_mask(name):
     """Per element: the run with mask=True where the mask is True, mask=False elsewhere."""
     with jax.enable_x64(True):
         params = model_params(jnp.float64)
-        grads = grad_stream(params, STEPS)
+        grads = make_grads(params, STEPS)
         m = array_mask(params, np.random.default_rng(7))
         got, _ = run(optimizer(name, m), params, grads)  # a tree of NumPy bool arrays
         on, _ = run(optimizer(name, True), params, grads)
@@ -405,7 +389,7 @@ def test_flat_layout_errors():
 @pytest.mark.parametrize("name", ["sgdw_nesterov", "adamp"])
 def test_jit_donated_flat_step(name):
     params = model_params(jnp.float32)
-    grads = grad_stream(params, STEPS)
+    grads = make_grads(params, STEPS)
     layout = od.flat_layout(params, mask=od.weight_decay_mask)
     tx = optimizer(name, layout.mask)
 

@@ -14,7 +14,7 @@ def test_flat_training_matches_tree_training(tmp_path, capsys):
     assert abs(report["final_loss"]["flat"] - report["final_loss"]["tree"]) < 1e-4
     # One float32 buffer; kernels (decayed) first: all but biases and LayerNorm params.
     assert list(report["buffers"]) == ["float32"]
-    n_undecayed = sum(size for size in _bias_and_norm_sizes(report["config"]))
+    n_undecayed = sum(_bias_and_norm_sizes(report["config"]))
     assert report["decayed_per_buffer"]["float32"] == report["n_params"] - n_undecayed
     assert json.loads((tmp_path / "results.json").read_text()) == report
     assert (tmp_path / "flat_nnx.png").stat().st_size > 0

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import ADAM_FAMILY, ALL, reference
+from helpers import run as run_steps
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -66,12 +67,7 @@ def grad_stream(shapes, dtype, seed, n, scale):
 
 def run_eager(tx, params, grads):
     """Params after every step of ``tx`` on the gradient stream, without ``jit``."""
-    state, out = tx.init(params), []
-    for g in grads:
-        u, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, u)
-        out.append(params)
-    return out
+    return run_steps(tx, params, grads, jit=False)
 
 
 def assert_trees_close(got, want, rtol, atol_rel):
@@ -174,19 +170,19 @@ def test_zero_weight_decay_is_optax_adam(name, alpha, eta, b1, b2, eps, eps_root
 # --- ProxAdam and AdamP minimize the blog's (P1) and (P2) ----------------------------------------
 
 
+def flat(t):
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
+
+
 def adam_moments(grads, b1, b2, eps, eps_root):
     """``mhat`` and ``D`` after the whole stream, flattened, in float64 NumPy."""
     m = v = 0.0
     for g in grads:
-        gf = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(g)])
+        gf = flat(g)
         m = b1 * m + (1 - b1) * gf
         v = b2 * v + (1 - b2) * gf**2
     t = len(grads)
     return m / (1 - b1**t), np.sqrt(v / (1 - b2**t) + eps_root) + eps
-
-
-def flat(t):
-    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)])
 
 
 @pytest.mark.parametrize("name", ["prox_adam", "adamp"])
