@@ -106,12 +106,27 @@ def _dtype_name(x: Any) -> str:
 
 
 class _Buffer(NamedTuple):
-    """One dtype's buffer: its key, its leaves in buffer order, its size and decayed prefix."""
+    """One dtype's buffer: its key, its leaves in buffer order, their sizes, the decayed prefix."""
 
     name: str
     leaves: tuple[int, ...]  # indices into the flattened leaves, decayed leaves first
-    size: int
+    sizes: tuple[int, ...]  # the number of elements of each of those leaves
     decayed: int
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+
+# `jnp.arange` counts in int32 unless x64 is enabled: from 2**31 elements on it wraps.
+_IOTA_LIMIT = 2**31
+
+
+def _prefix_mask(size: int, decayed: int) -> jax.Array:
+    """``arange(size) < decayed`` without an index that overflows int32."""
+    if size < _IOTA_LIMIT:
+        return jnp.arange(size) < decayed
+    return jnp.concatenate([jnp.ones(decayed, bool), jnp.zeros(size - decayed, bool)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,10 +170,11 @@ class FlatLayout:
         """``{dtype: jnp.arange(n) < n_decayed}``: True on each buffer's decayed prefix.
 
         Built from an iota, not read from memory: under ``jit`` XLA fuses the
-        compare into the update that uses it.
+        compare into the update that uses it. (A buffer of ``2**31`` elements or
+        more, past int32 indices, gets two constant blocks instead.)
         """
         self._check_flat("mask", flat)
-        return {b.name: jnp.arange(b.size) < b.decayed for b in self.buffers}
+        return {b.name: _prefix_mask(b.size, b.decayed) for b in self.buffers}
 
     def ravel(self, tree: Any) -> dict[str, jax.Array]:
         """Packs a tree with the params' structure into ``{dtype name: 1-D buffer}``.
@@ -224,9 +240,7 @@ def _unravel(layout: FlatLayout, flat: Mapping[str, jax.Array]) -> Any:
     # buffers 2x slower than on the tree).
     leaves: list[Any] = [None] * len(layout.shapes)
     for b in layout.buffers:
-        sizes = [int(np.prod(layout.shapes[i], dtype=np.int64)) for i in b.leaves]
-        pieces = jnp.split(flat[b.name], np.cumsum(sizes)[:-1].tolist()) if sizes else []
-        for i, piece in zip(b.leaves, pieces, strict=True):
+        for i, piece in zip(b.leaves, jax.lax.split(flat[b.name], b.sizes), strict=True):
             leaves[i] = piece.reshape(layout.shapes[i])
     return jax.tree.unflatten(layout.treedef, leaves)
 
@@ -304,7 +318,7 @@ def flat_layout(params: Any, mask: MaskOrFn = None) -> FlatLayout:
         mine = [i for i, n in enumerate(names) if n == name]
         order = [i for i in mine if decay[i]] + [i for i in mine if not decay[i]]
         decayed = sum(sizes[i] for i in mine if decay[i])
-        buffers.append(_Buffer(name, tuple(order), sum(sizes[i] for i in mine), decayed))
+        buffers.append(_Buffer(name, tuple(order), tuple(sizes[i] for i in order), decayed))
     return FlatLayout(
         treedef=treedef,
         shapes=shapes,

@@ -205,6 +205,28 @@ def test_decayed_leaves_come_first():
     assert 0 < layout.num_decayed["float32"] < layout.sizes["float32"]
 
 
+def test_mask_of_a_buffer_past_int32_indices(monkeypatch):
+    """From 2**31 elements on an int32 iota would wrap; the mask is then built otherwise.
+
+    The limit is lowered so that the other construction runs on a small buffer.
+    """
+    from optax_decay import _flat
+
+    params = mixed_tree()
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    flat = layout.ravel(params)
+    want = layout.mask(flat)
+    monkeypatch.setattr(_flat, "_IOTA_LIMIT", 1)
+    got = layout.mask(flat)
+    assert sorted(got) == sorted(want)
+    for k in got:
+        assert got[k].dtype == jnp.bool_
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+    # and the large-buffer form has no int32 index at all
+    jaxpr = str(jax.make_jaxpr(layout.mask)(flat))
+    assert "iota" not in jaxpr
+
+
 def test_layout_is_static_and_hashable():
     params = mixed_tree()
     a = od.flat_layout(params, mask=od.weight_decay_mask)
