@@ -155,7 +155,7 @@ def random_tree(shapes: Any, seed: int, std: float) -> Any:
 
 def bytes_per_param(params: Any, grads: Any, state: Any) -> float:
     """Bytes moved per parameter per step: params r+w, grads r, every state array r+w."""
-    n = sum(x.size for x in jax.tree.leaves(params))
+    n = optax.tree.size(params)
     nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))
     # scalar state (step counts) is a few bytes per step, not per parameter.
     state_arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
@@ -310,7 +310,7 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
     shapes = scale_shapes(tree_shapes(name, args.gpt2_layers, args.many_leaves), args.scale)
     host_params = random_tree(shapes, 0, 0.02)
     grads = jax.device_put(random_tree(shapes, 1, 1e-3))
-    n = sum(x.size for x in jax.tree.leaves(host_params))
+    n = optax.tree.size(host_params)
     n_leaves = len(jax.tree.leaves(host_params))
 
     bar.set_postfix_str(f"{name}: trace")

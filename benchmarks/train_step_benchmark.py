@@ -50,7 +50,6 @@ from tqdm.auto import tqdm
 import optax_decay
 
 MODELS = ("mlp", "transformer")
-PATHS = ("tree", "flat")
 MODES = ("in_jit", "per_call")
 
 
@@ -117,20 +116,16 @@ def make_problem(name: str, args):
             jnp.asarray(rng.random((args.batch, 784), np.float32)),
             jnp.asarray(rng.integers(0, 10, args.batch)),
         )
-
-        def loss(m, b):
-            return optax.softmax_cross_entropy_with_integer_labels(m(b[0]), b[1]).mean()
-
     elif name == "transformer":
         model = Transformer(args.vocab, args.ctx, args.d_model, 4, args.layers, rngs)
         tokens = jnp.asarray(rng.integers(0, args.vocab, (args.batch, args.ctx + 1)))
         batch = (tokens[:, :-1], tokens[:, 1:])
-
-        def loss(m, b):
-            return optax.softmax_cross_entropy_with_integer_labels(m(b[0]), b[1]).mean()
-
     else:
         raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+    def loss(m, b):  # next class (mlp) or next token (transformer)
+        return optax.softmax_cross_entropy_with_integer_labels(m(b[0]), b[1]).mean()
+
     return model, loss, batch
 
 
@@ -200,7 +195,7 @@ def bench_model(name, args, bar) -> list[dict]:
     graphdef, params = nnx.split(model, nnx.Param)
     decay_mask = optax_decay.weight_decay_mask  # kernels and embeddings
     layout = optax_decay.flat_layout(params, mask=decay_mask)
-    n_params = sum(x.size for x in jax.tree.leaves(params))
+    n_params = optax.tree.size(params)
     configs = {}
     for opt in args.optimizers:
         configs[(opt, "tree")] = Config(
@@ -258,11 +253,10 @@ def markdown(result: dict) -> str:
             if r["model"] == name
         }
         any_rec = next(r for r in result["records"] if r["model"] == name)
-        tree_leaves = next(
-            r["n_leaves"] for r in result["records"] if r["model"] == name and r["path"] == "tree"
-        )
+        leaves = {r["path"]: r["n_leaves"] for r in result["records"] if r["model"] == name}
         lines.append(
-            f"\n## {name}: {any_rec['n_params']:,} params, {tree_leaves} leaves (flat: 1 buffer)\n"
+            f"\n## {name}: {any_rec['n_params']:,} params, {leaves['tree']} leaves "
+            f"(flat: {leaves['flat']} buffer{'s' * (leaves['flat'] > 1)})\n"
         )
         lines.append(
             "| optimizer | tree in-jit | flat in-jit | flat / tree | tree per call "
@@ -288,7 +282,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, help="K, steps per timing (default 10)")
     p.add_argument("--repeats", type=int, help="default 5")
-    p.add_argument("--batch", type=int, help="default 64 (mlp) / 16 sequences (transformer)")
+    p.add_argument(
+        "--batch", type=int, help="examples (mlp) or sequences (transformer); default 32"
+    )
     p.add_argument("--mlp-width", type=int, default=512)
     p.add_argument("--mlp-depth", type=int, default=8)
     p.add_argument("--layers", type=int, default=8, help="transformer blocks")
