@@ -100,8 +100,6 @@ def parse_args(argv: Sequence[str] | None):
         if len(set(values)) != len(values):
             raise UsageError(f"`{flag}` lists a value twice: {','.join(map(str, values))}")
     args.optimizers = reporting.parse_names("--optimizers", args.optimizers, OPTIMIZERS)
-    if len(set(args.optimizers)) != len(args.optimizers):
-        raise UsageError(f"`--optimizers` lists a name twice: {','.join(args.optimizers)}")
     channels = args.width or (QUICK_WIDTH if args.quick else DEFAULT_WIDTH)
     try:
         args.width = [int(c) for c in channels.replace(" ", "").split(",") if c]
@@ -109,8 +107,6 @@ def parse_args(argv: Sequence[str] | None):
         raise UsageError(f"`--width`: give comma-separated integers, got {channels!r}") from None
     if not args.width or any(c < 1 for c in args.width):
         raise UsageError(f"`--width`: give one or more integers >= 1, got {channels!r}")
-    if args.train_size is not None and args.train_size < 1:
-        raise UsageError(f"`--train-size` must be >= 1, got {args.train_size}")
     return args
 
 

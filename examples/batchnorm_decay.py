@@ -99,7 +99,7 @@ import matplotlib.pyplot as plt
 import nnx_models
 import numpy as np
 from flax import nnx
-from grid_training import MOMENTUM, OPTIMIZERS, train_grid
+from grid_training import MOMENTUM, OPTIMIZERS, paper_equivalent, train_grid
 from reporting import (
     UsageError,
     base_parser,
@@ -150,17 +150,6 @@ def from_paper(optimizer: str, lam_paper: float, lr: float) -> float:
     # sgdw, adamw, prox_adam; adam_l2 and adamp have no conversion (their decay goes
     # through Adam's denominator D), so they get the same number as adamw.
     return lam_paper
-
-
-def paper_equivalent(optimizer: str, weight_decay: float, lr: float) -> float | None:
-    """The per-step decoupled decay that ``weight_decay`` amounts to, where that is defined."""
-    if optimizer in ("sgdw", "adamw", "prox_adam"):
-        return weight_decay
-    if optimizer == "adamw_coupled":
-        return weight_decay * lr
-    if optimizer == "sgd_l2":
-        return weight_decay * lr / (1 - MOMENTUM)
-    return None  # adam_l2, adamp: the decay goes through Adam's denominator
 
 
 def cosine(t: np.ndarray, steps: int) -> np.ndarray:

@@ -76,6 +76,21 @@ class GridResult:
         return out
 
 
+def paper_equivalent(optimizer: str, weight_decay: float, lr: float) -> float | None:
+    """The per-step decoupled decay (paper form) that ``weight_decay`` amounts to.
+
+    ``None`` for ``adam_l2`` and ``adamp``, whose decay goes through Adam's denominator.
+    ``sgd_l2``'s penalty step is multiplied by ``1/(1 - MOMENTUM)`` by the momentum trace.
+    """
+    if optimizer in ("sgdw", "adamw", "prox_adam"):
+        return weight_decay
+    if optimizer == "adamw_coupled":
+        return weight_decay * lr
+    if optimizer == "sgd_l2":
+        return weight_decay * lr / (1 - MOMENTUM)
+    return None
+
+
 def make_tx(
     optimizer: str, schedule: optax.Schedule, options: Mapping | None = None
 ) -> optax.GradientTransformation:

@@ -84,7 +84,7 @@ import matplotlib.pyplot as plt
 import nnx_models
 import numpy as np
 import optax
-from grid_training import MOMENTUM, OPTIMIZERS, train_grid
+from grid_training import MOMENTUM, OPTIMIZERS, paper_equivalent, train_grid
 from reporting import (
     UsageError,
     base_parser,
@@ -179,15 +179,12 @@ def parse_args(argv: Sequence[str] | None):
         raise UsageError(f"`--hidden` must be >= 1, got {args.hidden}")
     if not 0 <= args.tolerance < 1:
         raise UsageError(f"`--tolerance` must lie in [0, 1), got {args.tolerance}")
-    if args.train_size is not None and args.train_size < 1:
-        raise UsageError(f"`--train-size` must be >= 1, got {args.train_size}")
     return args
 
 
 def grids_of(args) -> dict[str, dict[str, list[float]]]:
     """Each chosen optimizer's sorted ``learning_rate`` rows and ``weight_decay`` columns."""
     names = parse_names("--optimizers", args.optimizers, OPTIMIZERS)
-    names = list(dict.fromkeys(names))
     lrs = wds = None
     if args.learning_rates is not None:
         lrs = parse_floats("--learning-rates", args.learning_rates)
@@ -213,13 +210,8 @@ def grids_of(args) -> dict[str, dict[str, list[float]]]:
 
 def decay_timescales(name: str, lr: float, wd: float, eta_sum: float) -> float | None:
     """How many e-folds the decay alone applies over the run, where a per-step rate is defined."""
-    if name in PAPER_FORM:
-        return wd * eta_sum
-    if name == "sgd_l2":  # the momentum trace multiplies the penalty step by 1 / (1 - mu)
-        return lr * wd * eta_sum / (1 - MOMENTUM)
-    if name == "adamw_coupled":
-        return lr * wd * eta_sum
-    return None  # adam_l2, adamp: the decay rate depends on D_t
+    rate = paper_equivalent(name, wd, lr)
+    return None if rate is None else rate * eta_sum
 
 
 def decoupling(acc: np.ndarray, lrs: Sequence[float], wds: Sequence[float], tol: float) -> dict:

@@ -43,7 +43,7 @@ def parse_floats(name: str, text: str) -> list[float]:
 
 
 def parse_names(name: str, text: str, allowed: Iterable[str]) -> list[str]:
-    """Comma-separated names, each of which must be in ``allowed``."""
+    """Comma-separated names, each of which must be in ``allowed``; a repeat counts once."""
     allowed = list(allowed)
     items = [t for t in text.replace(" ", "").split(",") if t]
     if not items:
@@ -53,7 +53,7 @@ def parse_names(name: str, text: str, allowed: Iterable[str]) -> list[str]:
         raise UsageError(
             f"`{name}`: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}"
         )
-    return items
+    return list(dict.fromkeys(items))
 
 
 def base_parser(doc: str, *, default_steps: int, quick_steps: int, out: str):
@@ -86,6 +86,8 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"`--steps` must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise UsageError(f"`--batch-size` must be >= 1, got {args.batch_size}")
+    if args.train_size is not None and args.train_size < 1:
+        raise UsageError(f"`--train-size` must be >= 1, got {args.train_size}")
     return args
 
 

@@ -159,14 +159,6 @@ def rel_param_diffs(params: Mapping, reference: Mapping) -> dict[str, float]:
     return out
 
 
-def max_rel_param_diff(params: Mapping, reference: Mapping) -> float:
-    """``max_l ||params[l] - reference[l]||_2 / ||reference[l]||_2`` over all leaves ``l``.
-
-    NaN if either tree holds a non-finite value (a diverged run).
-    """
-    return _max_or_nan(rel_param_diffs(params, reference).values())
-
-
 def _max_or_nan(values) -> float:
     values = list(values)
     return math.nan if any(math.isnan(v) for v in values) else max(values)
@@ -362,8 +354,8 @@ def _diffs(records, names, pick) -> list[float]:
 
 
 def summarize(records, verdict, shares, args, seconds, controls=None) -> str:
-    controls = controls or {}
     """The markdown report: the table, the verdicts and a paragraph of what came out."""
+    controls = controls or {}
     rows = [
         {
             **r,
@@ -478,7 +470,6 @@ def parse_args(argv: Sequence[str] | None):
     )
     args = finish_args(parser.parse_args(argv))
     args.optimizers = parse_names("--optimizers", args.optimizers, OPTIMIZERS)
-    args.optimizers = list(dict.fromkeys(args.optimizers))
     scales = parse_floats("--scales", args.scales)
     if any(c <= 0 for c in scales):
         raise UsageError(f"`--scales` must be > 0, got {args.scales!r}")

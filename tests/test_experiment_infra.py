@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import load_script
 
 import optax_decay
 
@@ -245,6 +246,19 @@ def test_parse_names():
     assert reporting.parse_names("--o", "adamw,sgdw", ["adamw", "sgdw"]) == ["adamw", "sgdw"]
     with pytest.raises(reporting.UsageError, match="unknown 'adamx'; choose from adamw"):
         reporting.parse_names("--o", "adamx", ["adamw"])
+    # a repeated name counts once (a second run would overwrite the first's history)
+    assert reporting.parse_names("--o", "sgdw,adamw,sgdw", ["adamw", "sgdw"]) == ["sgdw", "adamw"]
+
+
+@pytest.mark.parametrize(
+    "script", ["lr_wd_map", "adamw_vs_adamp", "scale_freeness", "batchnorm_decay"]
+)
+def test_every_experiment_rejects_a_train_size_below_one(script, tmp_path, capsys):
+    module = load_script(f"examples/{script}.py")
+    with pytest.raises(SystemExit) as exit_info:
+        reporting.run_cli(module.main, ["--quick", "--train-size", "-3", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "`--train-size` must be >= 1, got -3" in capsys.readouterr().err
 
 
 def test_run_cli_turns_usage_errors_into_exit_2(capsys):
