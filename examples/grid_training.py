@@ -119,14 +119,11 @@ def _loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
 
-def _decayed_norm(params: nnx.State) -> jax.Array:
+def decayed_norm(params) -> jax.Array:
+    """L2 norm of the leaves that ``optax_decay.weight_decay_mask`` decays (the kernels)."""
     mask = optax_decay.weight_decay_mask(params)
-    squares = [
-        jnp.sum(jnp.square(p))
-        for p, on in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
-        if on
-    ]
-    return jnp.sqrt(sum(squares))
+    on = jax.tree.leaves(mask)
+    return optax.tree.norm([p for p, m in zip(jax.tree.leaves(params), on, strict=True) if m])
 
 
 @functools.partial(nnx.jit, static_argnames="track")
@@ -150,7 +147,7 @@ def _correct(model, x, y):
 @nnx.jit
 @functools.partial(nnx.vmap, in_axes=0, out_axes=0)
 def _weight_norm(model):
-    return _decayed_norm(nnx.state(model, nnx.Param))
+    return decayed_norm(nnx.state(model, nnx.Param))
 
 
 def init_grid(

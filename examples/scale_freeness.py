@@ -86,7 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from grid_training import OPTIMIZERS, batch_indices, train_grid
+from grid_training import OPTIMIZERS, batch_indices, decayed_norm, train_grid
 from nnx_models import make_model
 from reporting import (
     UsageError,
@@ -162,14 +162,6 @@ def rel_param_diffs(params: Mapping, reference: Mapping) -> dict[str, float]:
 def _max_or_nan(values) -> float:
     values = list(values)
     return math.nan if any(math.isnan(v) for v in values) else max(values)
-
-
-def kernel_norm(params) -> float:
-    """L2 norm of the leaves that ``weight_decay_mask`` decays (as ``GridResult.weight_norm``)."""
-    mask = optax_decay.weight_decay_mask(params)
-    leaves = jax.tree.leaves(params)
-    on = jax.tree.leaves(mask)
-    return math.sqrt(sum(float(np.sum(np.square(p))) for p, m in zip(leaves, on, strict=True) if m))
 
 
 def member(params: Mapping, i: int) -> dict:
@@ -511,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "width": list(args.width),
         "eps": args.eps,
     }
-    init_norm = kernel_norm(nnx.to_pure_dict(nnx.state(model_fn(), nnx.Param)))
+    init_norm = float(decayed_norm(nnx.state(model_fn(), nnx.Param)))
     records, params, shares, controls = [], {}, {}, {}
     ref = args.scales.index(1.0)
     total = 0.0
