@@ -7,15 +7,10 @@ import io
 import itertools
 import json
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-
-from helpers import load_script  # noqa: E402
+from helpers import load_script
 
 REQUIRED = ("optimizer", "learning_rate", "weight_decay", "test_accuracy", "weight_norm")
 LEARNING_RATES = (1e-3, 1e-2, 1e-1)

@@ -13,14 +13,10 @@ import contextlib
 import io
 import json
 import math
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from helpers import load_script  # noqa: E402
+import numpy as np
+import pytest
+from helpers import load_script
 
 REQUIRED = ("optimizer", "learning_rate", "weight_decay", "test_accuracy", "weight_norm")
 EXTRA = (

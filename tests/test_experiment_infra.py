@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import gzip
 import pathlib
-import sys
 
+import fashion_data
+import grid_training
 import jax
 import jax.numpy as jnp
+import nnx_models
 import numpy as np
 import optax
 import pytest
+import reporting
 from flax import nnx
 from helpers import load_script
 
 import optax_decay
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-
-import fashion_data  # noqa: E402
-import grid_training  # noqa: E402
-import nnx_models  # noqa: E402
-import reporting  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # IDX files

@@ -6,15 +6,10 @@ import contextlib
 import io
 import json
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-
-from helpers import load_script  # noqa: E402
+from helpers import load_script
 
 REQUIRED = ("optimizer", "learning_rate", "weight_decay", "test_accuracy", "weight_norm")
 DEFAULT_SIX = ("sgd_l2", "sgdw", "adam_l2", "adamw", "prox_adam", "adamp")

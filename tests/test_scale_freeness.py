@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import load_script
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
-
-from helpers import load_script  # noqa: E402
-
-import optax_decay  # noqa: E402
+import optax_decay
 
 sf = load_script("examples/scale_freeness.py")
 
