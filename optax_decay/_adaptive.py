@@ -90,7 +90,7 @@ def scale_by_adam(
       mu_dtype: dtype of the first moment; ``None`` keeps the params' dtype.
 
     Returns:
-      An :class:`optax.GradientTransformation`.
+      An :class:`optax.GradientTransformationExtraArgs`.
 
     Example:
       >>> import jax.numpy as jnp, optax_decay
@@ -106,20 +106,22 @@ def scale_by_adam(
     """
     _check_adam_args(b1, b2, eps, eps_root)
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        if updates is None:
+            return None, state
         _, mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
         updates = jax.tree.map(
             lambda m, d: None if m is None else m / d, mu_hat, denom, is_leaf=is_none
         )
         return updates, state
 
-    return optax.GradientTransformation(_adam_init(mu_dtype), update_fn)
+    return optax.GradientTransformationExtraArgs(_adam_init(mu_dtype), update_fn)
 
 
 def adaptive_decay(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     *,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
@@ -158,7 +160,8 @@ def adaptive_decay(
 
     Args:
       learning_rate: ``alpha``, a float or a schedule ``alpha(t)``.
-      weight_decay: ``lambda >= 0``, multiplied by ``eta_t * alpha / D_t``.
+      weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``,
+        multiplied by ``eta_t * alpha / D_t``.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: a pytree of bools (``True``: decay the leaf), of bool arrays with
         the shapes of the params (``True``: decay the element), or a callable
@@ -166,8 +169,16 @@ def adaptive_decay(
         Adam step.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
 
+    A coordinate whose gradients have been zero (``vhat_t = 0``, so
+    ``D_t = eps``) is decayed by ``1/(1 + eta_t*alpha*lambda/eps)``: with the
+    default ``eps=1e-8``, ``alpha=1e-3`` and ``lambda=1e-3``, about ``1/101`` in
+    one step. This is the formula, not a bug, but it zeroes unused embedding
+    rows and dead units almost at once. Mask such leaves out (e.g.
+    ``exclude=("bias", "scale", "embedding")`` in :func:`weight_decay_mask`) or
+    use a larger ``eps``.
+
     Returns:
-      An :class:`optax.GradientTransformation`; ``update`` needs ``params``.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
     Example:
       >>> import jax.numpy as jnp, optax_decay
@@ -183,15 +194,35 @@ def adaptive_decay(
 
     See also: :func:`adamp`, :func:`prox_l2`.
     """
+    return adaptive(
+        "adaptive_decay",
+        learning_rate,
+        weight_decay,
+        schedule,
+        mask,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+    )
+
+
+def adaptive(name, learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps_root, mu_dtype):
+    """:func:`adaptive_decay` with its errors naming ``name`` (``adamp`` uses it)."""
     _check_adam_args(b1, b2, eps, eps_root)
     check_nonnegative("weight_decay", weight_decay)
     step = step_size(learning_rate, schedule)
 
-    def update_fn(updates, state, params=None):
-        require_params("adaptive_decay", updates, params)
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if updates is None:
+            return None, state
+        require_params(name, updates, params)
         decay_on = (
             jax.tree.map(lambda _: True, params) if mask is None else resolve_mask(mask, params)
         )
+        lam = evaluate(weight_decay, state.count)
         s = evaluate(step, state.count)
         mu, mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
         # s * mhat = (s / (1 - b1^t)) * m: the bias correction as a scalar factor. An
@@ -202,6 +233,7 @@ def adaptive_decay(
         def leaf(m_raw, m, d, w, on):
             if m is None:
                 return None
+            w = jnp.asarray(w)
             s_ = jnp.asarray(s, d.dtype)
             per_element = is_array_mask(on)
             if not per_element and not on:
@@ -209,7 +241,7 @@ def adaptive_decay(
             # w_new - w = -(s*mhat + k*w) / (D + k), k = s*lambda: one division, like Adam's.
             # Numerator and denominator times keep = 1/(1 + k), with drop = k*keep
             # (not 1 - keep, which cancels for small k), so u -> -w, not NaN, as k -> inf.
-            k = s_ * jnp.asarray(weight_decay, d.dtype)
+            k = s_ * jnp.asarray(lam, d.dtype)
             keep = 1 / (1 + k)
             drop = jnp.where(jnp.isinf(k), jnp.ones_like(k), k * keep)
             s_m = keep * s_ / bias1.astype(d.dtype)
@@ -220,6 +252,11 @@ def adaptive_decay(
                 # training loop (lax.fori_loop, lax.scan) as a materialized array per
                 # selected scalar, read back at every element and step (+45% on CPU).
                 plain = s_ / bias1.astype(d.dtype)
+                # On a mesh with Explicit axes the sharding is part of the type: an array
+                # mask typed there takes its leaf's, as jnp.where requires.
+                target = jax.typeof(w).sharding
+                if target.mesh.explicit_axes and jax.typeof(on).sharding.mesh.explicit_axes:
+                    on = jax.sharding.reshard(on, target)
                 num = jnp.where(on, s_m * m_raw + drop * w, plain * m_raw)
                 return -num / jnp.where(on, keep * d + drop, d)
             return -(s_m * m_raw + drop * w) / (keep * d + drop)
@@ -227,4 +264,4 @@ def adaptive_decay(
         updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, is_leaf=is_none)
         return updates, state
 
-    return optax.GradientTransformation(_adam_init(mu_dtype), update_fn)
+    return optax.GradientTransformationExtraArgs(_adam_init(mu_dtype), update_fn)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import optax
 
-from optax_decay._adaptive import adaptive_decay, scale_by_adam
-from optax_decay._checks import check_nonnegative, require_params
+from optax_decay._adaptive import adaptive, scale_by_adam
+from optax_decay._checks import check_momentum, require_params
 from optax_decay._convert import step_size
-from optax_decay._decoupled import decoupled_decay
-from optax_decay._l2 import add_l2_to_grad
+from optax_decay._decoupled import decoupled
+from optax_decay._l2 import l2
 from optax_decay._masks import MaskOrFn
-from optax_decay._prox import prox_l2
+from optax_decay._prox import prox
 
 
 def _step(learning_rate, schedule) -> optax.GradientTransformation:
@@ -25,27 +25,34 @@ def _step(learning_rate, schedule) -> optax.GradientTransformation:
     return optax.scale_by_learning_rate(step_size(learning_rate, schedule))
 
 
-def _checked(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``tx`` with its inputs checked first: ``params`` given, matching the gradients.
+def _checked(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with its inputs checked once per update: ``params`` given, matching the gradients.
 
-    A wrapper rather than a chain element, so that the state is the chain's own.
+    The transforms inside ``tx`` are built with ``check_params=False``, so the
+    check runs here only, and its errors name the optimizer. A wrapper rather
+    than a chain element, so that the state is the chain's own. Extra
+    arguments (``value=loss``, ...) are passed on; ``update(None, ...)``
+    returns ``None`` and the state unchanged.
     """
+    tx = optax.with_extra_args_support(tx)
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        if updates is None:
+            return None, state
         require_params(name, updates, params)
-        return tx.update(updates, state, params)
+        return tx.update(updates, state, params, **extra_args)
 
-    return optax.GradientTransformation(tx.init, update_fn)
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def _momentum(momentum, nesterov) -> optax.GradientTransformation:
-    check_nonnegative("momentum", momentum)
+    check_momentum(momentum, nesterov)
     return optax.identity() if momentum is None else optax.trace(momentum, nesterov)
 
 
 def sgd_l2(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     *,
     momentum: float | None = None,
     nesterov: bool = False,
@@ -67,14 +74,14 @@ def sgd_l2(
       learning_rate: ``alpha``, a float or a schedule.
       weight_decay: ``lambda >= 0`` of the penalty (not multiplied by ``alpha``
         in the penalty; the step multiplies the whole gradient by it).
-      momentum: ``mu``, or ``None`` for plain SGD.
+      momentum: ``mu`` in ``[0, 1)``, or ``None`` for plain SGD.
       nesterov: use Nesterov momentum (``d_t = g_t + mu*(mu d_{t-1} + g_t)``).
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to regularize, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
 
     Returns:
-      An :class:`optax.GradientTransformation`.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
     Example:
       >>> import jax.numpy as jnp, optax_decay
@@ -87,7 +94,7 @@ def sgd_l2(
     return _checked(
         "sgd_l2",
         optax.chain(
-            add_l2_to_grad(weight_decay, mask),
+            l2("sgd_l2", weight_decay, mask, check_params=False),
             _momentum(momentum, nesterov),
             _step(learning_rate, schedule),
         ),
@@ -96,7 +103,7 @@ def sgd_l2(
 
 def sgdw(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     *,
     momentum: float | None = None,
     nesterov: bool = False,
@@ -114,16 +121,16 @@ def sgdw(
 
     Args:
       learning_rate: ``alpha``, a float or a schedule.
-      weight_decay: ``lambda >= 0``; a constant factor ``1 - eta*lambda <= 0``
-        is rejected.
-      momentum: ``mu``, or ``None`` for plain SGD.
-      nesterov: use Nesterov momentum.
+      weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``; a
+        factor ``1 - eta_t*lambda <= 0`` at any checked step is rejected.
+      momentum: ``mu`` in ``[0, 1)``, or ``None`` for plain SGD.
+      nesterov: use Nesterov momentum (needs ``momentum``).
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to decay, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
 
     Returns:
-      An :class:`optax.GradientTransformation`.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
     Example:
       >>> import jax.numpy as jnp, optax_decay
@@ -142,14 +149,14 @@ def sgdw(
         optax.chain(
             _momentum(momentum, nesterov),
             _step(learning_rate, schedule),
-            decoupled_decay(weight_decay, schedule, mask),
+            decoupled("sgdw", weight_decay, schedule, mask, check_params=False),
         ),
     )
 
 
 def adam_l2(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -179,12 +186,12 @@ def adam_l2(
         see :mod:`optax_decay._masks`.
 
     Returns:
-      An :class:`optax.GradientTransformation`.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
     """
     return _checked(
         "adam_l2",
         optax.chain(
-            add_l2_to_grad(weight_decay, mask),
+            l2("sgd_l2", weight_decay, mask, check_params=False),
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
             _step(learning_rate, schedule),
         ),
@@ -193,7 +200,7 @@ def adam_l2(
 
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     *,
     coupled: bool = False,
     b1: float = 0.9,
@@ -222,7 +229,8 @@ def adamw(
 
     Args:
       learning_rate: ``alpha``, a float or a schedule.
-      weight_decay: ``lambda >= 0``; a constant factor ``<= 0`` is rejected.
+      weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``; a
+        factor ``<= 0`` at any checked step is rejected.
       coupled: multiply ``weight_decay`` by the learning rate (PyTorch form).
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
@@ -230,7 +238,7 @@ def adamw(
         see :mod:`optax_decay._masks`.
 
     Returns:
-      An :class:`optax.GradientTransformation`.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
     Example:
       >>> import jax.numpy as jnp, optax_decay
@@ -245,19 +253,20 @@ def adamw(
       https://arxiv.org/abs/1711.05101
     """
     decay_schedule = step_size(learning_rate, schedule) if coupled else schedule
+    rate = "alpha(t)*eta_t*lambda" if coupled else "eta_t*lambda"
     return _checked(
         "adamw",
         optax.chain(
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
             _step(learning_rate, schedule),
-            decoupled_decay(weight_decay, decay_schedule, mask),
+            decoupled("adamw", weight_decay, decay_schedule, mask, False, rate),
         ),
     )
 
 
 def prox_adam(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -287,7 +296,7 @@ def prox_adam(
         see :mod:`optax_decay._masks`.
 
     Returns:
-      An :class:`optax.GradientTransformation`.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
     References:
       Zhuang et al., *Understanding AdamW through Proximal Methods and
@@ -298,14 +307,14 @@ def prox_adam(
         optax.chain(
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
             _step(learning_rate, schedule),
-            prox_l2(weight_decay, schedule, mask),
+            prox("prox_adam", weight_decay, schedule, mask, check_params=False),
         ),
     )
 
 
 def adamp(
     learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -329,6 +338,13 @@ def adamp(
     ``lambda`` by ``c``. It is :func:`adaptive_decay` itself, which holds the
     Adam moments because the decay needs ``D_t``.
 
+    Coordinates that get no gradient are decayed hardest: at ``vhat_t = 0``,
+    ``D_t = eps`` and the factor is ``1/(1 + alpha*eta_t*lambda/eps)``, about
+    ``1/101`` per step with ``alpha = lambda = 1e-3`` and ``eps = 1e-8``. Unused
+    embedding rows and dead units are zeroed almost at once. Mask them out
+    (``exclude=("bias", "scale", "embedding")`` in :func:`weight_decay_mask`)
+    or raise ``eps``.
+
     Args:
       learning_rate: ``alpha``, a float or a schedule.
       weight_decay: ``lambda >= 0``, effectively multiplied by ``alpha*eta_t/D_t``.
@@ -338,20 +354,12 @@ def adamp(
         see :mod:`optax_decay._masks`.
 
     Returns:
-      An :class:`optax.GradientTransformation`.
+      An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
     References:
       Schaipp, *Decay No More*, ICLR Blogposts 2023,
       https://iclr-blogposts.github.io/2023/blog/2023/adamw/
     """
-    return adaptive_decay(
-        learning_rate,
-        weight_decay,
-        schedule=schedule,
-        mask=mask,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
+    return adaptive(
+        "adamp", learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps_root, mu_dtype
     )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
-from optax_decay._checks import check_nonnegative, require_params
-from optax_decay._masks import MaskOrFn, masked
+from optax_decay._checks import check_nonnegative
+from optax_decay._decoupled import scheduled_decay
+from optax_decay._masks import MaskOrFn
 
 
-def add_l2_to_grad(weight_decay: float, mask: MaskOrFn = None) -> optax.GradientTransformation:
+def add_l2_to_grad(
+    weight_decay: optax.ScalarOrSchedule, mask: MaskOrFn = None
+) -> optax.GradientTransformationExtraArgs:
     r"""Adds the gradient of ``(lambda/2)*||w||^2`` to the updates.
 
     .. math::
@@ -24,13 +25,15 @@ def add_l2_to_grad(weight_decay: float, mask: MaskOrFn = None) -> optax.Gradient
     follows multiplies the whole update by ``alpha(t) * eta_t``.
 
     Args:
-      weight_decay: ``lambda >= 0``.
+      weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``.
       mask: a pytree of bools (``True``: decay the leaf) or of bool arrays
         shaped like the params (``True``: decay the element, e.g.
         ``FlatLayout.mask``), or a callable ``params -> pytree``.
 
     Returns:
-      A stateless :class:`optax.GradientTransformation`; ``update`` needs ``params``.
+      An :class:`optax.GradientTransformationExtraArgs`, stateless unless
+      ``weight_decay`` is a schedule (then it counts the steps); ``update``
+      needs ``params``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optax_decay
@@ -46,20 +49,12 @@ def add_l2_to_grad(weight_decay: float, mask: MaskOrFn = None) -> optax.Gradient
 
     See also: :func:`decoupled_decay`, :func:`prox_l2`, :func:`adam_l2`, :func:`sgd_l2`.
     """
+    return l2("add_l2_to_grad", weight_decay, mask)
+
+
+def l2(name, weight_decay, mask, check_params=True):
+    """:func:`add_l2_to_grad` with its errors naming ``name`` (the optimizer that uses it)."""
     check_nonnegative("weight_decay", weight_decay)
-
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        require_params("add_l2_to_grad", updates, params)
-        updates = jax.tree.map(
-            lambda u, w: None if u is None else u + jnp.asarray(weight_decay, u.dtype) * w,
-            updates,
-            params,
-            is_leaf=lambda x: x is None,
-        )
-        return updates, state
-
-    return masked(optax.GradientTransformation(init_fn, update_fn), mask)
+    return scheduled_decay(
+        name, weight_decay, None, mask, lambda u, w, lam: u + lam * w, check_params, warn=False
+    )

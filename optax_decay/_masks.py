@@ -15,14 +15,15 @@ are either
   of :func:`optax_decay.flat_layout` carry decayed and undecayed params in one
   array.
 
-A callable mask should depend on the structure and shapes of its argument
-only: like :func:`optax.masked`, a transform may evaluate it on the updates
-rather than on the params. This module adds the checks and the usual mask.
+A callable mask is always evaluated on the params (at ``init`` and at every
+``update``), never on the updates, so a mask that looks at values, such as
+``lambda p: jax.tree.map(lambda x: x != 0, p)``, means the same in every
+transform. (:func:`optax.masked` itself evaluates it on the updates.) This
+module adds the checks and the usual mask.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -63,11 +64,37 @@ MASK_PREFIX_MSG = (
     "bool array at each param leaf, or use a Python bool for the subtree."
 )
 
+MASK_NONE_MSG = (
+    "The callable `mask` returned None for the params (a missing `return`?). None "
+    "as a mask would decay nothing here, while `mask=None` means decay everything: "
+    "return a pytree of bools with the params' structure."
+)
+
+MASK_SCALAR_MSG = (
+    "`mask` is the single value {value} for the whole params tree. This is what "
+    "`optax.inject_hyperparams` makes of a callable mask, which it evaluates as a "
+    'schedule of the step count: pass `static_args="mask"`, e.g. '
+    '`optax.inject_hyperparams(optax_decay.adamw, static_args="mask")(...)`. To switch '
+    "the decay off, pass `weight_decay=0`; to decay every leaf, pass `mask=None`."
+)
+
+STEP_COUNT_MSG = (
+    "`{name}` was called on {what}, not on a params pytree. `optax.inject_hyperparams` "
+    "calls every callable hyperparameter with the step count, which would decay no leaf: "
+    'pass `static_args="mask"`, e.g. '
+    '`optax.inject_hyperparams(optax_decay.adamw, static_args="mask")(..., mask={name})`.'
+)
+
 MaskOrFn = Any | Callable[[Any], Any] | None
 
 
-class _MaskLeafError(ValueError):
-    """A mask leaf that does not fit its params; raised as it is, not as a structure error."""
+def check_not_step_count(name: str, params: Any) -> None:
+    """Raises if a mask function gets a bare integer (a step count), not params."""
+    if isinstance(params, (int, np.integer)) and not isinstance(params, bool):
+        raise TypeError(STEP_COUNT_MSG.format(name=name, what=f"the integer {params!r}"))
+    if hasattr(params, "dtype") and hasattr(params, "shape") and params.shape == ():
+        if jnp.issubdtype(params.dtype, jnp.integer):
+            raise TypeError(STEP_COUNT_MSG.format(name=name, what="a 0-d integer array"))
 
 
 def _is_static(leaf: Any) -> bool:
@@ -106,6 +133,15 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
     after checking that each sits at a param leaf of the same shape.
     """
     tree = mask(params) if callable(mask) else mask
+    if tree is None:
+        raise TypeError(MASK_NONE_MSG)
+    whole_params_is_scalar = (
+        jax.tree_util.treedef_is_leaf(jax.tree.structure(params)) and _shape(params) == ()
+    )
+    if (tree is False or tree is np.False_) or (
+        is_array_mask(tree) and tree.shape == () and not whole_params_is_scalar
+    ):
+        raise ValueError(MASK_SCALAR_MSG.format(value=_describe(tree)))
     for leaf in jax.tree.leaves(tree):
         _check_leaf(leaf)
 
@@ -114,9 +150,9 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
             return jax.tree.map(lambda _: bool(m), sub, is_leaf=is_none)
         where = jax.tree_util.keystr(path) or "(root)"
         if sub is None or not jax.tree_util.treedef_is_leaf(jax.tree.structure(sub)):
-            raise _MaskLeafError(MASK_PREFIX_MSG.format(path=where, params=jax.tree.structure(sub)))
+            raise ValueError(MASK_PREFIX_MSG.format(path=where, params=jax.tree.structure(sub)))
         if tuple(m.shape) != _shape(sub):
-            raise _MaskLeafError(
+            raise ValueError(
                 MASK_SHAPE_MSG.format(
                     path=where, mask_shape=tuple(m.shape), param_shape=_shape(sub)
                 )
@@ -124,15 +160,14 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
         return m
 
     try:
-        return jax.tree_util.tree_map_with_path(broadcast, tree, params, is_leaf=is_none)
-    except _MaskLeafError:
-        raise
+        jax.tree.map(lambda m, sub: None, tree, params, is_leaf=is_none)
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(
             MASK_STRUCTURE_MSG.format(
                 mask=jax.tree.structure(tree), params=jax.tree.structure(params)
             )
         ) from err
+    return jax.tree_util.tree_map_with_path(broadcast, tree, params, is_leaf=is_none)
 
 
 def _static_part(full_mask: Any) -> Any:
@@ -144,41 +179,62 @@ def _has_array_leaf(tree: Any) -> bool:
     return any(is_array_mask(leaf) for leaf in jax.tree.leaves(tree))
 
 
-def masked(inner: optax.GradientTransformation, mask: MaskOrFn) -> optax.GradientTransformation:
-    """``optax.masked(inner, mask)`` with the mask checked; ``inner`` if mask is None.
+def masked(
+    inner: optax.GradientTransformationExtraArgs, mask: MaskOrFn
+) -> optax.GradientTransformationExtraArgs:
+    """``inner`` applied where ``mask`` is True: :func:`optax.masked`, with the mask checked.
 
-    A mask of Python bools (or a callable that returns one) is exactly
-    :func:`optax.masked`. A boolean array leaf runs ``inner`` on its whole
+    The mask is resolved on the params, at ``init`` and at every ``update``
+    (:func:`optax.masked` itself evaluates a callable mask on the updates).
+    Its Python-bool part selects leaves exactly as :func:`optax.masked` does,
+    with no extra operations. A boolean array leaf runs ``inner`` on its whole
     param leaf, as a ``True`` leaf would, and keeps ``inner``'s update where
     the array is True and the incoming update elsewhere (``jnp.where``). The
-    state is then that of :func:`optax.masked` with ``True`` at those leaves,
-    so it does not depend on the kind of mask. Running ``inner`` on the
-    masked-out elements too is correct because every ``inner`` this package
-    masks (:func:`add_l2_to_grad`, :func:`decoupled_decay`, :func:`prox_l2`)
-    is stateless or keeps only a step count: no per-element state is advanced
-    for elements that are then discarded.
+    state is that of :func:`optax.masked` with ``True`` at those leaves, so it
+    does not depend on the kind of mask. Running ``inner`` on the masked-out
+    elements too is correct because every ``inner`` this package masks
+    (:func:`add_l2_to_grad`, :func:`decoupled_decay`, :func:`prox_l2`) keeps
+    no per-element state.
+
+    ``inner`` checks the params itself, so ``update`` requires them before it
+    resolves the mask. ``mask=None`` returns ``inner``.
     """
     if mask is None:
         return inner
-    if not callable(mask) and not _has_array_leaf(mask):
-        return optax.masked(inner, functools.partial(resolve_mask, mask))
-    # A callable mask may return arrays (known only once evaluated, maybe as tracers).
-    # init: optax.masked on the mask's static part (it also handles tree_map_params).
-    init_only = optax.masked(inner, lambda p: _static_part(resolve_mask(mask, p)))
+
+    def init_fn(params):
+        return optax.masked(inner, _static_part(resolve_mask(mask, params))).init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
-        # The mask is evaluated once, on the updates as optax.masked does.
-        full = resolve_mask(mask, updates)
+        if updates is None or params is None:  # inner returns None, or says params are missing
+            return inner.update(updates, state, params, **extra_args)
+        full = resolve_mask(mask, params)
         new, state = optax.masked(inner, _static_part(full)).update(
             updates, state, params, **extra_args
         )
         if _has_array_leaf(full):
             new = jax.tree.map(
-                lambda m, n, u: jnp.where(m, n, u) if is_array_mask(m) else n, full, new, updates
+                # On a mesh with Explicit axes the sharding is part of the type: an array
+                # mask typed there takes its leaf's, as jnp.where requires.
+                lambda m, n, u: (
+                    jnp.where(
+                        jax.sharding.reshard(m, jax.typeof(u).sharding)
+                        if jax.typeof(m).sharding.mesh.explicit_axes
+                        and jax.typeof(u).sharding.mesh.explicit_axes
+                        else m,
+                        n,
+                        u,
+                    )
+                    if is_array_mask(m)
+                    else n
+                ),
+                full,
+                new,
+                updates,
             )
         return new, state
 
-    return optax.GradientTransformationExtraArgs(init_only.init, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _key_name(key: Any) -> str:
@@ -189,7 +245,7 @@ def _key_name(key: Any) -> str:
 
 
 def weight_decay_mask(
-    params: Any, *, min_ndim: int = 2, exclude: Iterable[str] = ("bias", "scale")
+    params: Any, *, min_ndim: int = 2, exclude: str | Iterable[str] = ("bias", "scale")
 ) -> Any:
     """The usual decay mask: decay matrices and kernels, skip biases and norm scales.
 
@@ -198,11 +254,20 @@ def weight_decay_mask(
     Flax NNX ``State`` (it maps over the same pytree the optimizer sees), and
     can be passed as a callable: ``mask=optax_decay.weight_decay_mask``.
 
+    Embedding tables are matrices, so they **are decayed** by default. To keep
+    them out, name them: ``functools.partial(weight_decay_mask,
+    exclude=("bias", "scale", "embedding"))`` (Flax names the table of
+    ``nnx.Embed``/``linen.Embed`` ``embedding``). ``exclude`` replaces the
+    default names, so list ``"bias"`` and ``"scale"`` again.
+
+    Under :func:`optax.inject_hyperparams`, pass ``static_args="mask"``: it
+    would otherwise call this function on the step count, which raises.
+
     Args:
       params: the parameter pytree.
       min_ndim: smallest rank that is decayed; 2 skips vectors and scalars.
       exclude: path keys that are never decayed (Flax names biases ``bias`` and
-        norm scales ``scale``).
+        norm scales ``scale``): one name as a string, or an iterable of names.
 
     Returns:
       A pytree of bools with the structure of ``params``.
@@ -211,13 +276,16 @@ def weight_decay_mask(
       >>> import jax.numpy as jnp
       >>> weight_decay_mask({"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}})
       {'dense': {'bias': False, 'kernel': True}}
+      >>> weight_decay_mask({"embed": {"embedding": jnp.ones((10, 4))}}, exclude="embedding")
+      {'embed': {'embedding': False}}
     """
-    exclude = frozenset(exclude)
+    check_not_step_count("weight_decay_mask", params)
+    excluded = frozenset([exclude] if isinstance(exclude, str) else exclude)
 
     def decide(path, leaf):
         if leaf is None:
             return None
         names = {_key_name(k) for k in path}
-        return bool(np.ndim(leaf) >= min_ndim and not names & exclude)
+        return bool(np.ndim(leaf) >= min_ndim and not names & excluded)
 
     return jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_none)

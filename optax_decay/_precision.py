@@ -20,17 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_decay._checks import concrete_float, is_none, require_params
+from optax_decay._checks import is_none, leaf_dtype, require_params
 
 
 class DecayPrecisionWarning(UserWarning):
-    """A constant decay factor is below the resolution of the params' dtype."""
+    """The decay per step at ``t = 0`` is below the resolution of the params' dtype."""
 
 
 DECAY_PRECISION_MSG = (
-    "`{name}`: the decay eta_t*lambda = {rate:.3g} per step is below the resolution of "
-    "{dtype} params (eps/2 = {limit:.3g}), so `w*(1 - eta_t*lambda)` rounds back to `w` "
-    "and the decay is lost. {fix}"
+    "`{name}`: the decay eta_t*lambda = {rate:.3g} per step (at t = 0) is below the "
+    "resolution of {dtype} params (eps/2 = {limit:.3g}), so `w*(1 - eta_t*lambda)` rounds "
+    "back to `w` and the decay is lost. {fix}"
 )
 FIX_LOW = (
     "Wrap the optimizer in `optax_decay.master_weights(...)` to keep float32 master "
@@ -41,40 +41,50 @@ FIX_WIDE = (
     "learning rate; see `optax_decay.coupled_to_paper`), or use wider params."
 )
 
-_warned: set[tuple[str, str]] = set()
 
+def warn_if_decay_lost(name: str, rate: float | None, params: Any) -> None:
+    """Warns if a decay rate ``rate`` (known at ``t = 0``) rounds away in a params dtype.
 
-def warn_if_decay_lost(name: str, rate: Any, dtype: Any) -> None:
-    """Warns once per (transform, dtype) if a concrete decay rate is below resolution."""
-    value = concrete_float(rate)
-    if value is None or value <= 0 or not jnp.issubdtype(dtype, jnp.floating):
+    Called by ``init``, which sees the dtypes of the (decayed) params even under
+    ``jit``; once per dtype and call, so every optimizer that loses its decay says so.
+    """
+    if rate is None or rate <= 0:
         return
-    limit = float(jnp.finfo(dtype).eps) / 2
-    key = (name, np.dtype(dtype).name)
-    if value < limit and key not in _warned:
-        _warned.add(key)
-        warnings.warn(
-            DECAY_PRECISION_MSG.format(
-                name=name,
-                rate=value,
-                dtype=key[1],
-                limit=limit,
-                fix=FIX_LOW if jnp.finfo(dtype).bits < 32 else FIX_WIDE,
-            ),
-            DecayPrecisionWarning,
-            stacklevel=5,  # the transformation's update_fn, past jax.tree.map
-        )
+    dtypes = {
+        np.dtype(leaf_dtype(leaf)).name
+        for leaf in jax.tree.leaves(params)
+        if hasattr(leaf, "dtype") or isinstance(leaf, float)
+    }
+    for dtype in sorted(dtypes):
+        if not jnp.issubdtype(dtype, jnp.floating):
+            continue
+        limit = float(jnp.finfo(dtype).eps) / 2
+        if rate < limit:
+            warnings.warn(
+                DECAY_PRECISION_MSG.format(
+                    name=name,
+                    rate=rate,
+                    dtype=dtype,
+                    limit=limit,
+                    fix=FIX_LOW if jnp.finfo(dtype).bits < 32 else FIX_WIDE,
+                ),
+                DecayPrecisionWarning,
+                stacklevel=2,
+            )
 
 
 class MasterWeightsState(NamedTuple):
     """State of :func:`master_weights`."""
 
-    master: optax.Params  # low-precision leaves in `dtype` (float32); None for the others.
-    inner_state: optax.OptState  # the wrapped optimizer's state, built on `master`.
+    # Params-shaped: the `dtype` copy of each low-precision leaf, and an empty array of the
+    # leaf's rank (shape (0, ..., 0)) for the leaves optimized as they are.
+    master: optax.Params
+    inner_state: optax.OptState  # the wrapped optimizer's state, built on the working params.
 
 
 def _is_low(x: Any, dtype: Any) -> bool:
-    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < jnp.finfo(dtype).bits
+    x_dtype = leaf_dtype(x)
+    return jnp.issubdtype(x_dtype, jnp.floating) and jnp.finfo(x_dtype).bits < jnp.finfo(dtype).bits
 
 
 def master_weights(
@@ -94,6 +104,11 @@ def master_weights(
     master copy instead of rounding away; the inner optimizer's moments are
     float32 as well. Costs one ``dtype`` copy of the low-precision params;
     leaves at ``dtype`` or wider get the inner update unchanged and no copy.
+
+    ``MasterWeightsState.master`` is a tree with the params' structure, so
+    ``optax.tree.map_params`` maps sharding specs over it: a low-precision
+    leaf holds its master copy, every other leaf an empty array of its rank
+    (shape ``(0, ..., 0)``), which any spec of that rank can shard.
 
     The master copy is the source of truth: params changed outside the
     optimizer (e.g. reloaded) must be restored together with this state.
@@ -121,19 +136,27 @@ def master_weights(
     inner = optax.with_extra_args_support(inner)
 
     def working(master, params):
-        return jax.tree.map(lambda m, p: p if m is None else m, master, params, is_leaf=is_none)
+        return jax.tree.map(lambda m, p: m if _is_low(p, dtype) else p, master, params)
 
     def init_fn(params):
         master = jax.tree.map(
-            lambda p: p.astype(dtype) if _is_low(p, dtype) else None, params, is_leaf=is_none
+            lambda p: (
+                jnp.asarray(p, dtype)
+                if _is_low(p, dtype)
+                else jnp.zeros((0,) * np.ndim(p), leaf_dtype(p))
+            ),
+            params,
         )
         return MasterWeightsState(master=master, inner_state=inner.init(working(master, params)))
 
     def update_fn(updates, state, params=None, **extra_args):
+        if updates is None:
+            return None, state
         require_params("master_weights", updates, params)
+        low = jax.tree.map(lambda p: _is_low(p, dtype), params)
         grads = jax.tree.map(
-            lambda m, g: g if m is None else g.astype(m.dtype),
-            state.master,
+            lambda on, g: g if g is None or not on else g.astype(dtype),
+            low,
             updates,
             is_leaf=is_none,
         )
@@ -141,14 +164,16 @@ def master_weights(
             grads, state.inner_state, working(state.master, params), **extra_args
         )
         master = jax.tree.map(
-            lambda m, d: None if m is None else (m + d).astype(m.dtype),
+            lambda on, m, d: (m + d).astype(dtype) if on and d is not None else m,
+            low,
             state.master,
             u,
             is_leaf=is_none,
         )
         # In the params' dtype: w + (round(m) - w) == round(m) when the two are close.
         updates = jax.tree.map(
-            lambda m, d, p: d if m is None else m.astype(p.dtype) - p,
+            lambda on, m, d, p: m.astype(leaf_dtype(p)) - p if on and d is not None else d,
+            low,
             master,
             u,
             params,

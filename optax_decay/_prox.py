@@ -10,7 +10,7 @@ from optax_decay._masks import MaskOrFn
 
 
 def prox_l2(
-    weight_decay: float,
+    weight_decay: optax.ScalarOrSchedule,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
@@ -29,16 +29,16 @@ def prox_l2(
     is multiplied by ``eta_t`` only (paper convention).
 
     Args:
-      weight_decay: ``lambda >= 0``.
-      schedule: ``eta_t``, a float or a callable of the step count ``t``
+      weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``.
+      schedule: ``eta_t >= 0``, a float or a callable of the step count ``t``
         (``t = 0`` at the first update); ``None`` means 1.
       mask: a pytree of bools (``True``: decay the leaf) or of bool arrays
         shaped like the params (``True``: decay the element, e.g.
         ``FlatLayout.mask``), or a callable ``params -> pytree``.
 
     Returns:
-      An :class:`optax.GradientTransformation` whose state counts the steps;
-      ``update`` needs ``params``.
+      An :class:`optax.GradientTransformationExtraArgs` whose state counts the
+      steps when a schedule needs them; ``update`` needs ``params``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optax_decay
@@ -54,6 +54,11 @@ def prox_l2(
 
     See also: :func:`decoupled_decay`, :func:`prox_adam`.
     """
+    return prox("prox_l2", weight_decay, schedule, mask)
+
+
+def prox(name, weight_decay, schedule, mask, check_params=True):
+    """:func:`prox_l2` with its errors naming ``name`` (the optimizer that uses it)."""
     check_nonnegative("weight_decay", weight_decay)
     check_nonnegative("schedule", schedule)
 
@@ -62,4 +67,4 @@ def prox_l2(
         keep = 1 / (1 + rate)
         return keep * u - (1 - keep) * w
 
-    return scheduled_decay("prox_l2", weight_decay, schedule, mask, leaf)
+    return scheduled_decay(name, weight_decay, schedule, mask, leaf, check_params)

@@ -82,15 +82,17 @@ def reference(name, params, grads, alpha, lam, eta=lambda t: 1.0, b1=0.9, b2=0.9
               eps_root=0.0, momentum=None, nesterov=False):
     """The source texts' update rules in float64 NumPy; returns params after each step.
 
-    ``alpha`` may be a callable of the step ``t``; ``eta`` is one.
+    ``alpha`` and ``lam`` may be callables of the step ``t``; ``eta`` is one.
     """
     w = {k: np.asarray(v, np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in w.items()}
     v2 = {k: np.zeros_like(v) for k, v in w.items()}
     out = []
+    weight_decay = lam
     for t, g in enumerate(grads):
         e = eta(t)
         a = alpha(t) if callable(alpha) else alpha
+        lam = weight_decay(t) if callable(weight_decay) else weight_decay
         s = a * e
         for k in w:
             gk = np.asarray(g[k], np.float64)
@@ -123,6 +125,15 @@ def reference(name, params, grads, alpha, lam, eta=lambda t: 1.0, b1=0.9, b2=0.9
                 raise ValueError(name)
         out.append({k: v.copy() for k, v in w.items()})
     return out
+
+
+def ref_kwargs(name):
+    """The arguments of :func:`reference` for an optimizer of ``ALL`` named ``name``."""
+    if name == "sgd_l2_momentum":
+        return dict(name="sgd_l2", momentum=0.9)
+    if name == "sgdw_nesterov":
+        return dict(name="sgdw", momentum=0.9, nesterov=True)
+    return dict(name=name)
 
 
 def max_rel_diff(a, b):

@@ -17,6 +17,7 @@ from helpers import (
     make_grads,
     make_params,
     max_rel_diff,
+    ref_kwargs,
     reference,
     run,
 )
@@ -31,14 +32,6 @@ def x64():
 
 
 ETA = optax.cosine_decay_schedule(1.0, 10, alpha=0.1)
-
-
-def ref_kwargs(name):
-    if name == "sgd_l2_momentum":
-        return dict(name="sgd_l2", momentum=0.9)
-    if name == "sgdw_nesterov":
-        return dict(name="sgdw", momentum=0.9, nesterov=True)
-    return dict(name=name)
 
 
 class TestFormulasVariants(chex.TestCase):
@@ -312,3 +305,25 @@ class TestMasks:
         adam = run(optax.adam(0.05), params, grads)[-1]
         chex.assert_trees_all_close(got["norm"], adam["norm"], rtol=1e-12, atol=1e-14)
         assert max_rel_diff(got["dense"], adam["dense"]) > 1e-4
+
+
+def test_adamp_nearly_zeroes_coordinates_without_gradient():
+    """At vhat = 0, D = eps: the factor is 1/(1 + alpha*lambda/eps), ~1/101 at the defaults.
+
+    The formula, stated in the docstring with its remedy (mask embeddings out, or raise eps).
+    """
+    with jax.enable_x64(True):
+        alpha, lam, eps = 1e-3, 1e-3, 1e-8
+        w = jnp.array([1.0, 1.0])
+        g = jnp.array([0.5, 0.0])  # the second coordinate gets no gradient
+        tx = od.adamp(alpha, lam, eps=eps)
+        u, _ = tx.update(g, tx.init(w), w)
+        new = np.asarray(w + u)
+        np.testing.assert_allclose(new[1], 1.0 / (1.0 + alpha * lam / eps), rtol=1e-12)
+        assert new[1] < 0.01
+        # The remedies: masked out, or a larger eps, it keeps its value.
+        for tx in [od.adamp(alpha, lam, mask=jnp.array([True, False])), od.adamp(alpha, lam, eps=1e-3)]:
+            u, _ = tx.update(g, tx.init(w), w)
+            assert float(w[1] + u[1]) > 0.99
+    for doc in [od.adamp.__doc__, od.adaptive_decay.__doc__]:
+        assert "embedding" in doc and "eps" in doc

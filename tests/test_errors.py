@@ -200,11 +200,18 @@ def test_none_leaves_pass_through(name):
     chex.assert_tree_all_finite(u["w"])
 
 
-def test_bad_momentum():
-    with pytest.raises(ValueError, match="`momentum` must be a finite number >= 0"):
-        od.sgdw(1e-3, 1e-4, momentum=float("nan"))
-    with pytest.raises(ValueError, match="`momentum`"):
-        od.sgd_l2(1e-3, 1e-4, momentum=-0.9)
+@pytest.mark.parametrize("make", [od.sgdw, od.sgd_l2])
+@pytest.mark.parametrize("bad", [float("nan"), -0.9, 1.0, 1.5, float("inf")])
+def test_bad_momentum(make, bad):
+    with pytest.raises(ValueError, match=r"`momentum` must be a number in \[0, 1\)"):
+        make(1e-3, 1e-4, momentum=bad)
+
+
+@pytest.mark.parametrize("make", [od.sgdw, od.sgd_l2])
+def test_nesterov_needs_momentum(make):
+    with pytest.raises(ValueError, match="`nesterov=True` needs a `momentum`"):
+        make(1e-3, 1e-4, nesterov=True)
+    make(1e-3, 1e-4, momentum=0.0, nesterov=True)  # an explicit momentum is fine
 
 
 @pytest.mark.parametrize(
@@ -229,3 +236,79 @@ def test_transforms_under_inject_hyperparams(make):
         up, sp = plain.update(g, sp, pp)
         pi, pp = optax.apply_updates(pi, ui), optax.apply_updates(pp, up)
     chex.assert_trees_all_close(pi, pp, rtol=1e-6, atol=1e-7)
+
+
+# ---- Schedules: checked at construction on steps 0..1024 and a log grid up to 10**7 ----
+
+NEGATIVE_LATE = lambda t: 1.0 - 0.6 * t  # noqa: E731 - negative from t = 2 on
+NEGATIVE_VERY_LATE = optax.linear_schedule(1.0, -0.5, 5_000_000)  # negative from t ~ 3.3e6
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("arg", ["learning_rate", "weight_decay", "schedule"])
+@pytest.mark.parametrize("sched", [NEGATIVE_LATE, NEGATIVE_VERY_LATE], ids=["t=2", "t=3e6"])
+def test_negative_schedule_raises(name, arg, sched):
+    kwargs = {"learning_rate": 1e-3, "weight_decay": 1e-4, arg: sched}
+    with pytest.raises(ValueError, match=f"`{arg}` must be a finite number >= 0, got a schedule"):
+        ALL[name](**kwargs)
+
+
+@pytest.mark.parametrize(
+    "name, arg",
+    [(n, "weight_decay") for n in sorted(TRANSFORMS)]
+    + [(n, "schedule") for n in sorted(TRANSFORMS) if n != "add_l2_to_grad"],
+)
+def test_transforms_reject_negative_schedules(name, arg):
+    kwargs = {arg: NEGATIVE_LATE} if arg == "schedule" else {}
+    wd = NEGATIVE_LATE if arg == "weight_decay" else 1e-4
+    with pytest.raises(ValueError, match=f"`{arg}` must be a finite number >= 0"):
+        TRANSFORMS[name](wd, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgdw", "adamw_coupled", "decoupled_decay"])
+def test_decay_factor_checked_at_the_schedules_peak(name):
+    """A warmup to eta = 2 at t = 500 makes 1 - eta_t*lambda < 0 there, not at t = 0."""
+    peak = optax.warmup_cosine_decay_schedule(0.0, 2.0, 500, 10_000)
+    if name == "decoupled_decay":
+        make = lambda **kw: od.decoupled_decay(0.6, **kw)  # noqa: E731
+    elif name == "adamw_coupled":  # the peak is in the learning rate: alpha(t) * lambda
+        make = lambda schedule: od.adamw(schedule, 0.6, coupled=True)  # noqa: E731
+    else:
+        make = lambda **kw: ALL[name](1e-3, 0.6, **kw)  # noqa: E731
+    rate = "alpha\\(t\\)\\*eta_t\\*lambda" if name == "adamw_coupled" else "eta_t\\*lambda"
+    with pytest.raises(ValueError, match=f"1 - {rate} = 1 - 2\\*0.6 = -0.2 is <= 0 at step t = 500"):
+        make(schedule=peak)
+    make(schedule=optax.warmup_cosine_decay_schedule(0.0, 1.5, 500, 10_000))  # 0.1 > 0: fine
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgdw"])
+def test_decay_factor_with_a_weight_decay_schedule(name):
+    wd = optax.piecewise_constant_schedule(0.1, {1000: 20.0})  # 2.0 from t = 1000
+    with pytest.raises(ValueError, match="at step t = 1000"):
+        ALL[name](1e-3, wd)
+
+
+def test_schedule_that_is_not_vectorizable_is_checked_step_by_step():
+    def python_if(t):
+        return 1.0 if t < 100 else -1.0
+
+    with pytest.raises(ValueError, match="whose value at t = 100 is -1"):
+        od.adamw(1e-3, 1e-4, schedule=python_if)
+
+
+@pytest.mark.parametrize(
+    "arg, advice",
+    [
+        ("learning_rate", "climbs the loss"),
+        ("weight_decay", "pushes the weights away from zero"),
+        ("schedule", "reverses both"),
+        ("eps", "keeps D_t"),
+        ("eps_root", "under the square root"),
+    ],
+)
+def test_each_argument_has_its_own_advice(arg, advice):
+    kwargs = {"learning_rate": 1e-3, "weight_decay": 1e-4, arg: -1.0}
+    with pytest.raises(ValueError, match=f"`{arg}` must be a finite number >= 0, got -1.0. .*{advice}") as info:
+        od.adamw(**kwargs)
+    if arg != "weight_decay":
+        assert "abs(" not in str(info.value)

@@ -3,8 +3,10 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
+from helpers import ALL, make_grads, make_params, run
 
 import optax_decay as od
 
@@ -108,3 +110,111 @@ def test_nnx_optimizer_per_element_mask(make):
     assert bool(jnp.all(jnp.abs(k1[0]) < jnp.abs(k0[0])))
     chex.assert_trees_all_close(k1[1:], k0[1:])
     chex.assert_trees_all_close(after["dense"]["bias"][...], before["dense"]["bias"][...])
+
+
+# ---- Masks that would silently change the maths ---------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_inject_hyperparams_without_static_mask_raises(name):
+    """Optax evaluates a callable hyperparameter on the step count: no leaf would be decayed."""
+    params = make_params(jnp.float32)
+    tx = optax.inject_hyperparams(ALL[name])(
+        learning_rate=0.1, weight_decay=0.01, mask=od.weight_decay_mask
+    )
+    with pytest.raises(TypeError, match='static_args="mask"'):
+        tx.init(params)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_inject_hyperparams_with_static_mask_decays(name):
+    with jax.enable_x64(True):
+        params = make_params()
+        grads = make_grads(params, 3)
+        injected = optax.inject_hyperparams(ALL[name], static_args="mask")(
+            learning_rate=0.1, weight_decay=0.01, mask=od.weight_decay_mask
+        )
+        plain = ALL[name](0.1, 0.01, mask=od.weight_decay_mask)
+        undecayed = ALL[name](0.1, 0.0)
+        got = run(injected, params, grads)[-1]
+        chex.assert_trees_all_close(got, run(plain, params, grads)[-1], rtol=1e-12)
+        assert not jnp.allclose(got["w"], run(undecayed, params, grads)[-1]["w"])
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize(
+    "mask", [False, np.False_, jnp.asarray(False), jnp.asarray(True), lambda p: False],
+    ids=["False", "np.False_", "0-d False", "0-d True", "callable->False"],
+)
+def test_whole_tree_scalar_mask_raises(name, mask):
+    params = make_params(jnp.float32)
+    tx = ALL[name](0.1, 0.01, mask=mask)
+    with pytest.raises(ValueError, match='static_args="mask"'):
+        tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_callable_mask_returning_none_raises(name):
+    params = make_params(jnp.float32)
+
+    def forgot_return(p):
+        jax.tree.map(lambda x: x.ndim > 1, p)
+
+    tx = ALL[name](0.1, 0.01, mask=forgot_return)
+    with pytest.raises(TypeError, match="returned None"):
+        tx.update(params, tx.init(params), params)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_value_dependent_mask_is_evaluated_on_the_params(name):
+    """`x > 0` on the params, in every optimizer: equal to that array mask given directly.
+
+    Evaluated on the updates instead (as `optax.masked` does), it would decay the
+    elements whose update is positive, a different set.
+    """
+    with jax.enable_x64(True):
+        params = make_params()
+        grads = make_grads(params, 3)
+        positive = lambda t: jax.tree.map(lambda x: x > 0, t)  # noqa: E731
+        tx = ALL[name](0.1, 0.05, mask=positive)
+        state, w = tx.init(params), params
+        for g in grads:
+            # The same step with the array mask computed from the current params.
+            ref = ALL[name](0.1, 0.05, mask=positive(w))
+            want, _ = ref.update(g, state, w)
+            u, state = tx.update(g, state, w)
+            chex.assert_trees_all_close(u, want, rtol=1e-12, atol=1e-15)
+            w = optax.apply_updates(w, u)
+        # And it is not the update-evaluated mask.
+        on_updates = ALL[name](0.1, 0.05, mask=positive(jax.tree.map(jnp.negative, grads[0])))
+        u0, _ = tx.update(grads[0], tx.init(params), params)
+        u1, _ = on_updates.update(grads[0], on_updates.init(params), params)
+        assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, u0, u1)))
+
+
+def test_weight_decay_mask_rejects_a_step_count():
+    for count in [jnp.asarray(0, jnp.int32), 3, np.int64(7)]:
+        with pytest.raises(TypeError, match='static_args="mask"'):
+            od.weight_decay_mask(count)
+
+
+def test_exclude_as_one_string_is_one_name():
+    params = {"embed": {"embedding": jnp.ones((10, 4))}, "dense": {"kernel": jnp.ones((4, 4)),
+              "bias": jnp.ones(4)}, "sembedding": jnp.ones((2, 2))}
+    assert od.weight_decay_mask(params, exclude="embedding") == {
+        "embed": {"embedding": False}, "dense": {"kernel": True, "bias": False},
+        "sembedding": True}
+    # By default the embedding table is decayed; the docs show how to exclude it.
+    assert od.weight_decay_mask(params)["embed"]["embedding"] is True
+    assert od.weight_decay_mask(params, exclude=("bias", "scale", "embedding")) == {
+        "embed": {"embedding": False}, "dense": {"kernel": True, "bias": False},
+        "sembedding": True}
+    assert 'exclude=("bias", "scale", "embedding")' in od.weight_decay_mask.__doc__
+
+
+def test_mask_errors_are_public_types():
+    params = {"w": jnp.ones((2, 2))}
+    tx = od.adamw(0.1, 0.01, mask={"w": jnp.ones((3,), bool)})
+    with pytest.raises(ValueError, match="`mask` leaf") as info:
+        tx.update(params, tx.init(params), params)
+    assert type(info.value) is ValueError

@@ -11,16 +11,8 @@ import pytest
 from helpers import ALL
 
 import optax_decay as od
-from optax_decay import _precision
 
 DECOUPLED = ["adamw", "adamw_coupled", "prox_adam", "sgdw", "sgdw_nesterov"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_warning_registry():
-    _precision._warned.clear()
-    yield
-    _precision._warned.clear()
 
 
 def decay_only(tx, params, steps):
@@ -78,7 +70,7 @@ def test_master_weights_state_and_float32_passthrough():
     g = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
     u, state = tx.update(g, state, params)
     assert u["low"].dtype == jnp.bfloat16 and u["full"].dtype == jnp.float32
-    assert state.master["full"] is None  # no copy of leaves that are float32 already
+    assert state.master["full"].size == 0  # no copy of leaves that are float32 already
     # A float32 leaf follows the plain optimizer exactly.
     ref = od.adamw(1e-2, 1e-4)
     with pytest.warns(od.DecayPrecisionWarning):  # the plain optimizer on the bf16 leaf
@@ -106,12 +98,13 @@ def test_master_weights_equals_float32_run():
     chex.assert_trees_all_close(sm.master, p32, rtol=0.05, atol=0.02)
 
 
-def test_warning_only_once_and_not_for_float32():
+def test_warning_at_every_init_and_not_for_float32():
     params = {"w": jnp.ones(4, jnp.bfloat16)}
     tx = od.adamw(1e-3, 1e-5)
     with pytest.warns(od.DecayPrecisionWarning) as record:
-        for _ in range(3):
-            tx.update(params, tx.init(params), params)
+        state = tx.init(params)
+        for _ in range(3):  # updates do not warn again
+            tx.update(params, state, params)
     assert len(record) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error", od.DecayPrecisionWarning)
@@ -122,9 +115,64 @@ def test_warning_only_once_and_not_for_float32():
         big.update(params, big.init(params), params)
 
 
+def test_every_optimizer_warns_not_only_the_first():
+    """The warning was once per process: `sgdw` after `adamw` lost its decay silently."""
+    params = {"w": jnp.ones(4, jnp.bfloat16)}
+    for make in [od.adamw, od.adamw, od.sgdw, od.prox_adam]:
+        with pytest.warns(od.DecayPrecisionWarning, match=make.__name__):
+            make(1e-3, 1e-5).init(params)
+
+
+@pytest.mark.parametrize("name", DECOUPLED)
+def test_warns_with_a_schedule_and_under_jit(name):
+    """The README's usage: a cosine `schedule`, `init` under `jit`. Uses eta_0 * lambda."""
+    params = {"w": jnp.ones(4, jnp.bfloat16)}
+    eta = optax.cosine_decay_schedule(1.0, 1000)
+    alpha, lam = lr_and_decay(name, 1e-5)
+    tx = ALL[name](alpha, lam, schedule=eta)
+    with pytest.warns(od.DecayPrecisionWarning, match=r"1e-05 per step \(at t = 0\)"):
+        jax.jit(tx.init)(params)
+    # A weight-decay schedule too, evaluated at t = 0.
+    tx = ALL[name](alpha, optax.constant_schedule(lam))
+    with pytest.warns(od.DecayPrecisionWarning):
+        tx.init(params)
+
+
+def test_masked_out_bf16_leaf_does_not_warn():
+    params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.bfloat16)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", od.DecayPrecisionWarning)
+        od.adamw(1e-3, 1e-5, mask=od.weight_decay_mask).init(params)
+
+
 def test_float32_warning_does_not_suggest_master_weights():
     w = jnp.ones(3, jnp.float32)
     tx = od.adamw(0.1, 1e-9)
     with pytest.warns(od.DecayPrecisionWarning, match="Check the convention") as record:
         tx.update(w, tx.init(w), w)
     assert "master_weights" not in str(record[0].message)
+
+
+def test_master_weights_state_maps_sharding_specs():
+    """The sharding-spec idiom `optax.tree.map_params` over a mixed bf16/f32 tree, then device_put."""
+    P = jax.sharding.PartitionSpec
+    mesh = jax.make_mesh((8,), ("x",))
+    params = {"low": jnp.ones((16, 4), jnp.bfloat16), "full": jnp.ones((8,), jnp.float32)}
+    specs = {"low": P("x", None), "full": P("x")}
+    tx = od.master_weights(od.adamw(1e-2, 1e-2))
+    state = tx.init(params)
+    state_specs = optax.tree.map_params(
+        tx, lambda _, spec: spec, state, specs, transform_non_params=lambda _: P()
+    )
+    assert state_specs.master == specs
+    shardings = jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, s), state_specs,
+        is_leaf=lambda x: isinstance(x, P),
+    )
+    sharded = jax.device_put(state, shardings)
+    params = jax.device_put(params, jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs,
+                                                 is_leaf=lambda x: isinstance(x, P)))
+    u, new = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), sharded, params)
+    assert new.master["low"].sharding.spec == P("x", None)
+    ref, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    chex.assert_trees_all_close(u, ref)
