@@ -222,8 +222,8 @@ def require_params(name: str, updates: Any, params: Any) -> None:
     """Raises unless ``params`` is given, matches ``updates`` and is floating point."""
     if params is None:
         raise ValueError(NO_PARAMS_MSG.format(name=name))
-    u = jax.tree.structure(updates, is_leaf=is_none)
-    p = jax.tree.structure(params, is_leaf=is_none)
+    u: Any = jax.tree.structure(updates, is_leaf=is_none)
+    p: Any = jax.tree.structure(params, is_leaf=is_none)
     if u != p:
         raise ValueError(PARAMS_STRUCTURE_MSG.format(name=name, updates=u, params=p))
     check_float_params(params)

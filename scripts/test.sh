@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv and runs the whole test suite (unit, doctests, torch parity,
-# demo and benchmark smoke tests) plus the linter. Arguments go to pytest.
+# demo and benchmark smoke tests) plus the linter, the formatter check and the
+# type checker on the package. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test
@@ -10,4 +11,6 @@ source scripts/venv.sh test
   echo "warning: torch==2.13.0 not installed; torch parity tests will be skipped"
 bash scripts/setup_data.sh
 .venv/bin/ruff check .
+.venv/bin/ruff format --check optax_decay
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"
