@@ -19,6 +19,19 @@ compare that XLA fuses into the update, with no mask array in memory. Pass it
 as ``mask=layout.mask`` to any optimizer of the package. The result equals the
 tree path's, element for element (``tests/test_flat.py``).
 
+Sharding. A buffer sharded over ``n`` devices (FSDP: ``NamedSharding(mesh,
+P("x"))``) needs a length divisible by ``n``. ``flat_layout(params,
+pad_to_multiple_of=n)`` rounds each buffer up with padding elements at its
+end: ``ravel`` writes zeros there, ``unravel`` never reads them (so their
+gradients are zero) and ``layout.mask`` is False on them, so they stay zero
+under every optimizer of the package. (Adam's moments stay zero there too, and
+its step is ``0 / D`` with ``D = sqrt(0 + eps_root) + eps``: keep ``eps`` or
+``eps_root`` positive, as the default ``eps=1e-8`` is, or that step is NaN.)
+Under a mesh with ``Explicit`` axes, where the sharding is part of an array's
+type, ``layout.mask`` takes its buffer's sharding, and so does a bool-array
+mask where it meets its param leaf; unravel gathered buffers there,
+``layout.unravel(jax.sharding.reshard(flat, P()))``.
+
 Usage, with a model whose loss takes the params pytree::
 
     layout = optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
@@ -56,6 +69,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -64,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_decay._checks import is_none
-from optax_decay._masks import MaskOrFn, is_array_mask, resolve_mask
+from optax_decay._masks import MaskOrFn, check_not_step_count, is_array_mask, resolve_mask
 
 RAVEL_STRUCTURE_MSG = (
     "The tree passed to `FlatLayout.ravel` does not have the structure the layout "
@@ -79,9 +93,12 @@ RAVEL_SHAPE_MSG = (
 )
 
 RAVEL_DTYPE_MSG = (
-    "`FlatLayout.ravel`: the leaves of the {name} buffer have different dtypes {dtypes}; "
-    "ravel casts nothing, so they cannot share a buffer. Cast the tree first, e.g. "
-    "`jax.tree.map(lambda x, p: x.astype(p.dtype), tree, params)`."
+    "`FlatLayout.ravel`: leaf {path} has dtype {got}; the layout's {buffer} buffer needs "
+    "{want} there. ravel casts nothing: floating-point leaves must have the dtype of their "
+    "params leaf, so that each buffer holds the dtype its key names (a tree of other "
+    "dtypes, such as a per-element bool mask, is packed as it is, one dtype per buffer). "
+    "Cast the tree to the params' dtypes first, e.g. gradients with "
+    "`jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)`."
 )
 
 FLAT_KEYS_MSG = (
@@ -95,6 +112,11 @@ FLAT_MASK_MSG = (
     "The layout turns the per-leaf mask into a per-element one itself (`layout.mask`)."
 )
 
+FLAT_PAD_MSG = (
+    "`flat_layout`: `pad_to_multiple_of` must be a positive int, such as the number of "
+    "devices a buffer is sharded over, or None for no padding; got {got!r}."
+)
+
 FLAT_LEAF_MSG = (
     "`flat_layout`: params leaf {path} is {leaf!r}, not an array. Every leaf must have "
     "a `shape` and a `dtype` (a JAX or NumPy array, or `jax.ShapeDtypeStruct`)."
@@ -102,31 +124,45 @@ FLAT_LEAF_MSG = (
 
 
 def _dtype_name(x: Any) -> str:
-    return np.dtype(x.dtype).name
+    return np.dtype(x.dtype if hasattr(x, "dtype") else jnp.result_type(x)).name
 
 
 class _Buffer(NamedTuple):
-    """One dtype's buffer: its key, its leaves in buffer order, their sizes, the decayed prefix."""
+    """One dtype's buffer: key, leaves in buffer order, their sizes, decayed prefix, padding."""
 
     name: str
     leaves: tuple[int, ...]  # indices into the flattened leaves, decayed leaves first
     sizes: tuple[int, ...]  # the number of elements of each of those leaves
     decayed: int
+    padding: int = 0  # zeros after the last leaf
 
     @property
     def size(self) -> int:
-        return sum(self.sizes)
+        """The length of the buffer, padding included."""
+        return sum(self.sizes) + self.padding
 
 
 # `jnp.arange` counts in int32 unless x64 is enabled: from 2**31 elements on it wraps.
 _IOTA_LIMIT = 2**31
 
 
-def _prefix_mask(size: int, decayed: int) -> jax.Array:
-    """``arange(size) < decayed`` without an index that overflows int32."""
+def _prefix_mask(size: int, decayed: int, like: Any) -> jax.Array:
+    """``arange(size) < decayed`` without an index that overflows int32, sharded like ``like``.
+
+    On a mesh with Explicit axes the sharding is part of an array's type, and
+    ``jnp.where`` rejects a mask typed replicated there (as one built under
+    ``jax.set_mesh`` is) for a sharded buffer: such a mask takes the buffer's sharding,
+    each device computing its own part (no communication).
+    """
     if size < _IOTA_LIMIT:
-        return jnp.arange(size) < decayed
-    return jnp.concatenate([jnp.ones(decayed, bool), jnp.zeros(size - decayed, bool)])
+        mask = jnp.arange(size) < decayed
+    else:
+        mask = jnp.concatenate([jnp.ones(decayed, bool), jnp.zeros(size - decayed, bool)])
+    if isinstance(like, jax.Array):  # tracers too; a NumPy buffer has no typed sharding
+        sharding = jax.typeof(like).sharding
+        if sharding.mesh.explicit_axes and jax.typeof(mask).sharding.mesh.explicit_axes:
+            mask = jax.sharding.reshard(mask, sharding)
+    return mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +171,8 @@ class FlatLayout:
 
     Immutable and hashable, so it can be a static argument of ``jax.jit``.
     Leaf ``i`` (in ``jax.tree.leaves`` order) has shape ``shapes[i]``; each
-    buffer lists its leaves in buffer order, decayed leaves first.
+    buffer lists its leaves in buffer order, decayed leaves first, then its
+    padding (zeros, with ``pad_to_multiple_of``).
     """
 
     treedef: Any
@@ -145,12 +182,12 @@ class FlatLayout:
 
     @property
     def size(self) -> int:
-        """The number of elements of all buffers together."""
+        """The number of elements of all buffers together, padding included."""
         return sum(b.size for b in self.buffers)
 
     @property
     def sizes(self) -> dict[str, int]:
-        """The number of elements of each buffer, by dtype name."""
+        """The length of each buffer, padding included, by dtype name."""
         return {b.name: b.size for b in self.buffers}
 
     @property
@@ -159,29 +196,45 @@ class FlatLayout:
         return {b.name: b.decayed for b in self.buffers}
 
     @property
+    def num_padding(self) -> dict[str, int]:
+        """The number of padding elements at the end of each buffer, by dtype name."""
+        return {b.name: b.padding for b in self.buffers}
+
+    @property
     def mask(self) -> Callable[[Any], dict[str, jax.Array]] | None:
         """The per-element mask to pass as ``mask=``: ``flat -> {dtype: bool array}``.
 
-        ``None`` when the layout was built without a mask (decay everything).
+        True on the elements of the decayed leaves, False on the others and on the
+        padding. ``None`` (decay everything) when the layout was built without a
+        mask and has no padding; built without a mask but padded, the layout's mask
+        is True on every param element and False on the padding only.
         """
-        return _ElementMask(self) if self.has_mask else None
+        needed = self.has_mask or any(b.padding for b in self.buffers)
+        return _ElementMask(self) if needed else None
 
     def element_mask(self, flat: Mapping[str, Any]) -> dict[str, jax.Array]:
         """``{dtype: jnp.arange(n) < n_decayed}``: True on each buffer's decayed prefix.
 
         Built from an iota, not read from memory: under ``jit`` XLA fuses the
         compare into the update that uses it. (A buffer of ``2**31`` elements or
-        more, past int32 indices, gets two constant blocks instead.)
+        more, past int32 indices, gets two constant blocks instead.) On a mesh
+        with Explicit axes (``jax.set_mesh``) each mask takes the sharding of its
+        buffer, as ``jnp.where`` requires there.
         """
         self._check_flat("mask", flat)
-        return {b.name: _prefix_mask(b.size, b.decayed) for b in self.buffers}
+        return {b.name: _prefix_mask(b.size, b.decayed, flat[b.name]) for b in self.buffers}
 
     def ravel(self, tree: Any) -> dict[str, jax.Array]:
         """Packs a tree with the params' structure into ``{dtype name: 1-D buffer}``.
 
         Works on the params, their gradients or any tree of the same structure
-        and shapes, under ``jit`` too. Nothing is cast: a buffer takes the dtype
-        of its leaves, which must agree.
+        and shapes, under ``jit`` too. Nothing is cast. A floating-point leaf
+        must have the dtype of the params leaf there, the dtype its buffer is
+        named after: float32 gradients of bfloat16 params raise a ValueError
+        that names the leaf (cast them with ``jax.tree.map(lambda g, p:
+        g.astype(p.dtype), grads, params)``). A tree of other dtypes, such as a
+        per-element bool mask, is packed as it is, all leaves of a buffer
+        sharing one dtype. The padding of each buffer is filled with zeros.
         """
         leaves, treedef = jax.tree.flatten(tree)
         if treedef != self.treedef:
@@ -193,10 +246,18 @@ class FlatLayout:
                 )
         out = {}
         for b in self.buffers:
+            dtypes = [_dtype_name(leaves[i]) for i in b.leaves]
+            floats = any(jnp.issubdtype(d, jnp.floating) for d in dtypes)
+            want = b.name if floats else dtypes[0]
+            for i, got in zip(b.leaves, dtypes, strict=True):
+                if got != want:
+                    path = self._path(i)
+                    raise ValueError(
+                        RAVEL_DTYPE_MSG.format(path=path, got=got, buffer=b.name, want=want)
+                    )
             parts = [jnp.reshape(leaves[i], (-1,)) for i in b.leaves]
-            dtypes = sorted({p.dtype.name for p in parts})
-            if len(dtypes) > 1:
-                raise ValueError(RAVEL_DTYPE_MSG.format(name=b.name, dtypes=dtypes))
+            if b.padding:
+                parts.append(jnp.zeros(b.padding, parts[0].dtype))
             out[b.name] = jnp.concatenate(parts)
         return out
 
@@ -204,7 +265,12 @@ class FlatLayout:
         """The pytree of ``flat``: the params' structure and shapes, by slices and reshapes.
 
         Each leaf takes the dtype of its buffer (the params' own for buffers made by
-        :meth:`ravel` from the params). Differentiable, and cheap under ``jit``.
+        :meth:`ravel` from the params). The padding is never read, so gradients
+        taken through ``unravel`` are zero there. Differentiable, and cheap under
+        ``jit``. On a mesh with Explicit axes JAX does not split a sharded axis
+        into pieces the devices do not divide: gather the buffers first, as FSDP
+        does anyway, with ``layout.unravel(jax.sharding.reshard(flat, P()))``
+        (the gradients of ``flat`` then come back sharded).
         """
         self._check_flat("unravel", flat)
         return _unravel(self, flat)
@@ -229,7 +295,11 @@ class FlatLayout:
         return jax.tree_util.keystr(path) or "(root)"
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{b.name}: {b.size} ({b.decayed} decayed)" for b in self.buffers)
+        def describe(b: _Buffer) -> str:
+            padding = f", {b.padding} padding" if b.padding else ""
+            return f"{b.name}: {b.size} ({b.decayed} decayed{padding})"
+
+        parts = ", ".join(describe(b) for b in self.buffers)
         return f"FlatLayout({len(self.shapes)} leaves; {parts or 'empty'})"
 
 
@@ -240,7 +310,10 @@ def _unravel(layout: FlatLayout, flat: Mapping[str, jax.Array]) -> Any:
     # buffers 2x slower than on the tree).
     leaves: list[Any] = [None] * len(layout.shapes)
     for b in layout.buffers:
-        for i, piece in zip(b.leaves, jax.lax.split(flat[b.name], b.sizes), strict=True):
+        # The padding is one more piece, split off and dropped: its gradient is zero.
+        sizes = (*b.sizes, b.padding) if b.padding else b.sizes
+        pieces = jax.lax.split(flat[b.name], sizes)[: len(b.leaves)]
+        for i, piece in zip(b.leaves, pieces, strict=True):
             leaves[i] = piece.reshape(layout.shapes[i])
     return jax.tree.unflatten(layout.treedef, leaves)
 
@@ -256,36 +329,54 @@ class _ElementMask:
     layout: FlatLayout
 
     def __call__(self, flat: Mapping[str, Any]) -> dict[str, jax.Array]:
+        check_not_step_count("layout.mask", flat)
         return self.layout.element_mask(flat)
 
     def __repr__(self) -> str:
         return f"{self.layout!r}.mask"
 
 
-def flat_layout(params: Any, mask: MaskOrFn = None) -> FlatLayout:
+def flat_layout(
+    params: Any, mask: MaskOrFn = None, *, pad_to_multiple_of: int | None = None
+) -> FlatLayout:
     """The flat-buffer layout of ``params``: one contiguous 1-D buffer per dtype.
 
     Within each buffer the leaves decayed by ``mask`` come first, in tree
     order, then the others, so that ``layout.mask`` is a prefix per buffer.
     ``None`` leaves of ``params`` hold no elements and come back as ``None``.
 
+    With ``pad_to_multiple_of=n`` each buffer's length is rounded up to a
+    multiple of ``n`` (the number of devices it is sharded over) by padding
+    elements after its last leaf. ``ravel`` writes zeros there, ``unravel``
+    never reads them and ``layout.mask`` is False on them (even for a layout
+    without a mask), so they stay zero under every optimizer of the package.
+
     Args:
       params: the params pytree (arrays, or ``jax.ShapeDtypeStruct`` leaves).
       mask: which leaves to decay: a pytree of Python bools with the params'
         structure (or a prefix of it), or a callable ``params -> pytree`` such
         as :func:`weight_decay_mask`; ``None`` decays every leaf and makes
-        ``layout.mask`` ``None``.
+        ``layout.mask`` ``None`` (unless there is padding).
+      pad_to_multiple_of: a positive int ``n``: pad each buffer to a multiple
+        of ``n`` elements; ``None`` (the default) pads nothing.
 
     Returns:
       A :class:`FlatLayout` with ``ravel``, ``unravel``, ``mask``, ``size``
-      and ``sizes``.
+      and ``sizes`` (buffer lengths, padding included).
 
     Example:
       >>> import jax.numpy as jnp, optax_decay
       >>> params = {"b": jnp.zeros(3), "w": jnp.zeros((2, 3)), "h": jnp.zeros(2, jnp.bfloat16)}
       >>> optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
       FlatLayout(3 leaves; float32: 9 (6 decayed), bfloat16: 2 (0 decayed))
+      >>> optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask, pad_to_multiple_of=8)
+      FlatLayout(3 leaves; float32: 16 (6 decayed, 7 padding), bfloat16: 8 (0 decayed, 6 padding))
     """
+    multiple = pad_to_multiple_of
+    if multiple is not None and (
+        isinstance(multiple, bool) or not isinstance(multiple, numbers.Integral) or multiple < 1
+    ):
+        raise ValueError(FLAT_PAD_MSG.format(got=multiple))
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     for path, leaf in paths_leaves:
         if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
@@ -318,7 +409,10 @@ def flat_layout(params: Any, mask: MaskOrFn = None) -> FlatLayout:
         mine = [i for i, n in enumerate(names) if n == name]
         order = [i for i in mine if decay[i]] + [i for i in mine if not decay[i]]
         decayed = sum(sizes[i] for i in mine if decay[i])
-        buffers.append(_Buffer(name, tuple(order), tuple(sizes[i] for i in order), decayed))
+        padding = -sum(sizes[i] for i in mine) % multiple if multiple else 0
+        buffers.append(
+            _Buffer(name, tuple(order), tuple(sizes[i] for i in order), decayed, int(padding))
+        )
     return FlatLayout(
         treedef=treedef,
         shapes=shapes,

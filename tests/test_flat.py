@@ -272,6 +272,95 @@ def test_nnx_state_round_trip_and_grads():
     np.testing.assert_allclose(g_flat["float32"], g_tree["float32"], rtol=1e-6, atol=1e-7)
 
 
+# ------------------------------------------------------------------ padding
+
+
+def test_padding_layout():
+    """`pad_to_multiple_of`: zeros at the end of each buffer, never decayed, never read."""
+    params = mixed_tree()
+    plain = od.flat_layout(params, mask=od.weight_decay_mask)
+    layout = od.flat_layout(params, mask=od.weight_decay_mask, pad_to_multiple_of=8)
+    assert layout != plain
+    used = plain.sizes
+    assert used == {"bfloat16": 12, "float32": 27}
+    assert layout.sizes == {"bfloat16": 16, "float32": 32}
+    assert layout.num_padding == {"bfloat16": 4, "float32": 5}
+    assert layout.size == 48 and layout.num_decayed == plain.num_decayed
+    assert repr(layout) == (
+        "FlatLayout(9 leaves; bfloat16: 16 (8 decayed, 4 padding), "
+        "float32: 32 (20 decayed, 5 padding))"
+    )
+    assert od.flat_layout(params, pad_to_multiple_of=np.int64(8)).sizes == layout.sizes
+    assert od.flat_layout(params, pad_to_multiple_of=1) == od.flat_layout(params)
+    flat = layout.ravel(params)
+    want = plain.ravel(params)
+    for k, n in used.items():
+        assert flat[k].shape == (layout.sizes[k],) and flat[k].dtype == want[k].dtype
+        np.testing.assert_array_equal(np.asarray(flat[k][:n]), np.asarray(want[k]))
+        np.testing.assert_array_equal(np.asarray(flat[k][n:], np.float32), 0)
+    leaves_equal(layout.unravel(flat), params)
+    leaves_equal(jax.jit(lambda p: layout.unravel(layout.ravel(p)))(params), params)
+    # unravel never reads the padding: what is there does not matter, its gradient is 0
+    junk = {k: v.at[used[k] :].set(7) for k, v in flat.items()}
+    leaves_equal(layout.unravel(junk), params)
+    loss = lambda f: sum(
+        jnp.sum(x.astype(jnp.float32) ** 2) for x in jax.tree.leaves(layout.unravel(f))
+    )
+    grads = jax.grad(loss)(junk)
+    for k, n in used.items():
+        np.testing.assert_array_equal(np.asarray(grads[k][n:], np.float32), 0)
+    # the mask: the decayed prefix, False on the padding
+    mask = layout.mask(flat)
+    for k, n in used.items():
+        np.testing.assert_array_equal(mask[k][:n], plain.mask(want)[k])
+        assert not mask[k][n:].any()
+
+
+def test_padding_without_a_mask():
+    """No mask but padding: `layout.mask` decays every param element, not the padding."""
+    params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
+    layout = od.flat_layout(params, pad_to_multiple_of=8)
+    assert layout.sizes == {"float32": 16} and layout.num_padding == {"float32": 4}
+    assert layout.mask is not None
+    np.testing.assert_array_equal(layout.mask(layout.ravel(params))["float32"], np.arange(16) < 12)
+    # nothing to pad: no mask is needed
+    assert od.flat_layout(params, pad_to_multiple_of=4).mask is None
+    assert od.flat_layout(params, pad_to_multiple_of=4).num_padding == {"float32": 0}
+
+
+@pytest.mark.parametrize("bad", [0, -8, 8.0, True, "8"])
+def test_pad_to_multiple_of_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=r"`pad_to_multiple_of` must be a positive int.*got"):
+        od.flat_layout({"w": jnp.ones(3)}, pad_to_multiple_of=bad)
+
+
+@pytest.mark.parametrize("name", [*sorted(ALL), *TRANSFORMS])
+def test_padding_stays_zero(name):
+    """Every optimizer on padded buffers: the tree path's numbers, and zeros in the padding.
+
+    Zero params and zero gradients there, masked out of the decay: the params, and every
+    per-element state (Adam's moments, momentum traces, master copies), stay exactly 0.
+    """
+    low = jnp.bfloat16 if name == "master_weights" else None
+    params = model_params(jnp.float32, low=low)
+    grads = make_grads(params, STEPS)
+    layout = od.flat_layout(params, mask=od.weight_decay_mask, pad_to_multiple_of=16)
+    assert all(n > 0 for n in layout.num_padding.values())
+    tree_out, _ = run(optimizer(name, od.weight_decay_mask), params, grads)
+    flat_out, flat_state = run(
+        optimizer(name, layout.mask), layout.ravel(params), [layout.ravel(g) for g in grads]
+    )
+    assert_trees_close(layout.unravel(flat_out[-1]), tree_out[-1], 1e-6)
+    checked = 0
+    for path, x in jax.tree_util.tree_flatten_with_path([*flat_out, flat_state])[0]:
+        k = path[-1].key if isinstance(path[-1], jax.tree_util.DictKey) else None
+        if k in layout.sizes and jnp.shape(x) == (layout.sizes[k],):
+            start = layout.sizes[k] - layout.num_padding[k]
+            np.testing.assert_array_equal(np.asarray(x[start:], np.float32), 0)
+            checked += 1
+    assert checked >= STEPS * len(layout.sizes)  # the params after each step, at least
+
+
 # ------------------------------------------------------------------ flat == tree
 
 
@@ -299,20 +388,22 @@ def test_flat_equals_tree(name, dtype):
     elementwise, _ = run(optimizer(name, array_mask(params)), params, grads)
     assert_trees_close(elementwise[-1], tree_out[-1], rtol)
     # The state: the same moments, momentum traces, master copies and counts, unravelled.
+    params_leaves = jax.tree.leaves(params)
     for field in ("mu", "nu", "trace", "master"):
         tree_fields = optax.tree.get_all_with_path(tree_state, field)
         flat_fields = optax.tree.get_all_with_path(flat_state, field)
         assert len(tree_fields) == len(flat_fields)
         for (_, want), (_, got) in zip(tree_fields, flat_fields, strict=True):
-            if field == "master":  # a copy of the bfloat16 leaves only, None elsewhere
+            if field == "master":  # a float32 copy of the bfloat16 buffer; empty elsewhere
                 assert got["bfloat16"].dtype == jnp.float32
-                assert all(v is None for k, v in got.items() if k != "bfloat16")
-                want = jax.tree.map(
-                    lambda m, p: p if m is None else m, want, params, is_leaf=lambda x: x is None
-                )
-                np.testing.assert_allclose(
-                    got["bfloat16"], layout.ravel(want)["bfloat16"], rtol=rtol, atol=0
-                )
+                assert all(v is None or v.size == 0 for k, v in got.items() if k != "bfloat16")
+                # (`ravel` would refuse float32 copies for the bfloat16 buffer: unravel the copy)
+                copies = layout.unravel({**flat_out[-1], "bfloat16": got["bfloat16"]})
+                want = jax.tree.leaves(want, is_leaf=lambda x: x is None)
+                for c, w, p in zip(jax.tree.leaves(copies), want, params_leaves, strict=True):
+                    if p.dtype == jnp.bfloat16:
+                        assert c.dtype == w.dtype == jnp.float32
+                        np.testing.assert_allclose(c, w, rtol=rtol, atol=0)
                 continue
             assert_trees_close(layout.unravel(got), want, rtol)
     tree_counts = optax.tree.get_all_with_path(tree_state, "count")
@@ -342,7 +433,7 @@ def test_random_element_mask(name):
         m = array_mask(params, np.random.default_rng(7))
         got, _ = run(optimizer(name, m), params, grads)  # a tree of NumPy bool arrays
         on, _ = run(optimizer(name, True), params, grads)
-        off, _ = run(optimizer(name, False), params, grads)
+        off, _ = run(optimizer(name, jax.tree.map(lambda _: False, params)), params, grads)
         want = jax.tree.map(np.where, m, on[-1], off[-1])
         assert_trees_close(got[-1], jax.tree.map(jnp.asarray, want), 1e-12)
         # Decayed and undecayed runs differ on every leaf: the test can fail.
@@ -403,6 +494,26 @@ def test_flat_layout_errors():
         od.flat_layout(params, mask=array_mask(params))
     with pytest.raises(TypeError, match="not an array"):
         od.flat_layout({"a": 1.0})
+
+
+def test_ravel_rejects_leaves_of_another_dtype():
+    """float32 gradients of bfloat16 params: no buffer labelled bfloat16 holding float32."""
+    params = model_params(jnp.float32, low=jnp.bfloat16)
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    grads = jax.tree.map(lambda p: jnp.ones(p.shape, jnp.float32), params)
+    msg = (
+        r"leaf \['layers'\]\[1\]\['kernel'\] has dtype float32; the layout's bfloat16 buffer needs "
+        r"bfloat16 there.*jax.tree.map\(lambda g, p: g.astype\(p.dtype\), grads, params\)"
+    )
+    with pytest.raises(ValueError, match=msg):
+        layout.ravel(grads)
+    with pytest.raises(ValueError, match=msg):
+        jax.jit(layout.ravel)(grads)
+    flat = layout.ravel(jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params))
+    assert {k: v.dtype.name for k, v in flat.items()} == {
+        "float32": "float32",
+        "bfloat16": "bfloat16",
+    }
 
 
 # ------------------------------------------------------------------ jit with donation

@@ -218,3 +218,18 @@ def test_mask_errors_are_public_types():
     with pytest.raises(ValueError, match="`mask` leaf") as info:
         tx.update(params, tx.init(params), params)
     assert type(info.value) is ValueError
+
+
+def test_layout_mask_rejects_a_step_count():
+    """`layout.mask` is a callable mask the library ships: the same trap, the same message."""
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    flat = layout.ravel(params)
+    tx = optax.inject_hyperparams(od.adamw)(learning_rate=0.1, weight_decay=0.01, mask=layout.mask)
+    with pytest.raises(TypeError, match='`layout.mask` was called on .*static_args="mask"'):
+        tx.init(flat)
+    tx = optax.inject_hyperparams(od.adamw, static_args="mask")(
+        learning_rate=0.1, weight_decay=0.01, mask=layout.mask)
+    u, _ = tx.update(layout.ravel(jax.tree.map(jnp.zeros_like, params)), tx.init(flat), flat)
+    new = layout.unravel(optax.apply_updates(flat, u))
+    chex.assert_trees_all_close(new, {"w": 0.99 * params["w"], "b": params["b"]})
