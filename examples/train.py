@@ -28,21 +28,37 @@ another mask, another model), instead of Orbax's own errors, or a silent cast
 of the dtypes. The run's flags that change the trajectory are stored with the
 checkpoint and must match on resume too.
 
+A checkpoint cannot poison a run:
+
+* every saved array's SHA-256 is stored with it (in the JSON ``meta`` item) and
+  checked after a restore, so flipped or lost bytes are caught instead of being
+  trained on;
+* a step that cannot be read (truncated or corrupt files, an emptied
+  ``_METADATA`` or ``manifest.ocdbt``) or that fails its checksum is reported
+  in one line and the newest intact older step is used instead (the bad newer
+  steps are deleted: the resumed run writes them again); when no step is
+  intact the run stops with an error, leaving the directory as it is;
+* params or optimizer state holding NaN or infinity are never saved, and never
+  resumed from: a run whose loss becomes non-finite, or whose checkpoint holds
+  non-finite values, stops with an error (exit status 1).
+
 Run::
 
     python examples/train.py --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
     # interrupt it (Ctrl-C, kill -9, preemption), then run the same command again
     python examples/train.py --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
 
-The save/restore helpers (``make_manager``, ``save``, ``restore``) can be
-imported on their own.
+The save/restore helpers (``make_manager``, ``save``, ``restore``,
+``restore_latest``) can be imported on their own.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
+import math
 import os
 import pathlib
 import sys
@@ -55,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
@@ -192,7 +209,8 @@ def evaluate(params: dict, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.A
 # ------------------------------------------------------------------------------------------
 
 STATE_ITEM = "state"  # params, opt_state and step (StandardSave)
-META_ITEM = "meta"  # JSON: the trees' structures and the run's config
+META_ITEM = "meta"  # JSON: the trees' structures, the run's config and the checksums
+CHECKSUMS_KEY = "sha256"  # in META_ITEM: {leaf path: SHA-256 of its dtype, shape and bytes}
 
 MISMATCH_MSG = (
     "Cannot restore step {step} from {directory}: {what}.\n"
@@ -219,6 +237,22 @@ CONFIG_MSG = (
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the params/optimizer (or the flags) of this run."""
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A step's files cannot be read, or its arrays differ from the checksums saved with them."""
+
+    def __init__(self, step: int, directory: Any, reason: str):
+        self.step, self.directory, self.reason = step, directory, reason
+        super().__init__(f"checkpoint {step} in {directory} is unreadable: {reason}")
+
+
+class NoIntactCheckpointError(RuntimeError):
+    """Every committed step of a checkpoint directory is unreadable."""
+
+
+class NonFiniteError(FloatingPointError):
+    """Params, optimizer state or loss hold NaN or infinity."""
 
 
 class Restored(NamedTuple):
@@ -256,6 +290,53 @@ def _state_tree(params: Any, opt_state: Any, step: int) -> dict:
     return {"params": params, "opt_state": opt_state, "step": step}
 
 
+def _host_leaves(params: Any, opt_state: Any) -> dict[str, np.ndarray]:
+    """``{"params/hidden/kernel": array, "opt_state/0/mu/hidden/kernel": array, ...}`` in NumPy.
+
+    The keys are Orbax's flat paths (as in the structure checks); empty nodes are left out.
+    """
+    flat = ocp.tree.to_flat_dict({"params": params, "opt_state": opt_state})
+    host = jax.device_get(list(flat.values()))
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in zip(flat, host, strict=True)}
+
+
+def state_checksums(params: Any, opt_state: Any) -> dict[str, str]:
+    """The SHA-256 of every leaf of ``params`` and ``opt_state``: its dtype, shape and raw bytes."""
+    checksums = {}
+    for path, leaf in _host_leaves(params, opt_state).items():
+        digest = hashlib.sha256(f"{leaf.dtype.name}{list(leaf.shape)}".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+        checksums[path] = digest.hexdigest()
+    return checksums
+
+
+def nonfinite_leaves(params: Any, opt_state: Any) -> list[str]:
+    """The paths of the floating-point leaves that hold a NaN or an infinity."""
+    return [
+        path
+        for path, leaf in _host_leaves(params, opt_state).items()
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.isfinite(leaf).all()
+    ]
+
+
+def _some(paths: Sequence[str], limit: int = 3) -> str:
+    more = f" (and {len(paths) - limit} more)" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def _short_reason(err: BaseException, step_dir: Any, limit: int = 240) -> str:
+    """``ExceptionType: first line of the message``, without TensorStore's long specs.
+
+    Paths inside the step's directory are written relative to it (``state/manifest.ocdbt``).
+    """
+    lines = str(err).strip().splitlines()
+    text = lines[0].replace(f"{step_dir}{os.sep}", "") if lines else ""
+    for cut in (" See full TensorStore details", " [tensorstore_spec="):
+        text = text.split(cut)[0]
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def save(
     manager: ocp.CheckpointManager,
     step: int,
@@ -267,15 +348,23 @@ def save(
 ) -> bool:
     """Saves ``(params, opt_state, step)`` as step ``step`` if the manager's interval says so.
 
-    ``meta`` (JSON) is stored next to it, with the structures of the two trees.
-    Returns whether a checkpoint was written; ``force`` writes one off the interval.
+    ``meta`` (JSON) is stored next to it, with the structures of the two trees
+    and the checksums of their arrays (:func:`state_checksums`). Returns whether
+    a checkpoint was written; ``force`` writes one off the interval. Raises
+    :class:`NonFiniteError`, and writes nothing, when ``params`` or
+    ``opt_state`` hold a NaN or an infinity.
     """
     if not (force or manager.should_save(step)):
         return False
+    if bad := nonfinite_leaves(params, opt_state):
+        raise NonFiniteError(
+            f"step {step} was not saved to {manager.directory}: NaN or infinity in {_some(bad)}."
+        )
     meta = {
         "params_structure": str(jax.tree.structure(params)),
         "opt_state_structure": str(jax.tree.structure(opt_state)),
         **(meta or {}),
+        CHECKSUMS_KEY: state_checksums(params, opt_state),
     }
     return manager.save(
         step,
@@ -353,9 +442,12 @@ def check_structure(
 
     Compares the checkpoint's tree metadata (every leaf's path, shape and dtype,
     and the empty nodes) with the templates' before anything is restored: Orbax
-    itself would raise a terse error, or cast the dtypes silently.
+    itself would raise a terse error, or cast the dtypes silently. Raises
+    ``FileNotFoundError`` when the checkpoint has no tree metadata.
     """
     saved_tree = manager.item_metadata(step)[STATE_ITEM]
+    if saved_tree is None:  # what Orbax returns without the item's _METADATA
+        raise FileNotFoundError(f"no tree metadata in {STATE_ITEM}/_METADATA")
     saved_tree = getattr(saved_tree, "tree", saved_tree)  # TreeMetadata -> its tree
     saved = _flat(saved_tree)
     target = _flat(_state_tree(params_template, opt_state_template, 0))
@@ -413,6 +505,41 @@ def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return dict(restored[META_ITEM] or {})
 
 
+def read_every_array(item_dir: pathlib.Path) -> None:
+    """Reads each array of an Orbax item stored in OCDBT (Orbax's default), one after the other.
+
+    Raises TensorStore's ``ValueError`` (``DATA_LOSS: Error decoding manifest``,
+    ``OUT_OF_RANGE: ... byte range``) on a damaged or truncated manifest, B-tree
+    node or data file, and ``FileNotFoundError`` without a manifest. Orbax's own
+    restore would fail too, but with many reads in flight: those it leaves behind
+    print ``Event loop is closed`` tracebacks. Values are checked by the checksums.
+    """
+    if not (item_dir / "manifest.ocdbt").is_file():
+        raise FileNotFoundError(f"no {item_dir.name}/manifest.ocdbt")
+    kvstore = {"driver": "ocdbt", "base": {"driver": "file", "path": f"{item_dir}{os.sep}"}}
+    for key in sorted(ts.KvStore.open(kvstore).result().list().result()):
+        name = key.decode()
+        if name.endswith("/.zarray"):  # one per array, next to its chunks
+            spec = {"driver": "zarr", "kvstore": {**kvstore, "path": name.removesuffix(".zarray")}}
+            ts.open(spec, open=True, read=True).result().read().result()
+
+
+def _verify_checksums(step: int, directory: Any, meta: Mapping[str, Any], params, opt_state):
+    """Raises :class:`UnreadableCheckpointError` unless the arrays match the saved checksums."""
+    saved = meta.get(CHECKSUMS_KEY)
+    if not isinstance(saved, dict):
+        raise UnreadableCheckpointError(
+            step, directory, "no checksums stored with it (an older train.py?)"
+        )
+    restored = state_checksums(params, opt_state)
+    if bad := sorted(saved.keys() ^ restored.keys()):
+        raise UnreadableCheckpointError(
+            step, directory, f"checksums for other arrays: {_some(bad)}"
+        )
+    if bad := [path for path, digest in restored.items() if saved[path] != digest]:
+        raise UnreadableCheckpointError(step, directory, f"checksum mismatch in {_some(bad)}")
+
+
 def restore(
     manager: ocp.CheckpointManager,
     params_template: Any,
@@ -424,32 +551,91 @@ def restore(
 
     Returns ``None`` when the directory holds no committed checkpoint. The
     templates (e.g. ``params`` and ``tx.init(params)``) give the structure,
-    dtypes and shardings; a checkpoint that does not fit them raises
-    :class:`CheckpointMismatchError` (a ``ValueError``) naming both structures.
+    dtypes and shardings. Raises
+
+    * :class:`CheckpointMismatchError` (a ``ValueError``) naming both structures
+      when the checkpoint does not fit the templates;
+    * :class:`UnreadableCheckpointError` when its files cannot be read, or its
+      arrays differ from the checksums saved with them;
+    * :class:`NonFiniteError` when the restored params or state hold NaN or infinity.
     """
     if step is None:
         step = manager.latest_step()
         if step is None:
             return None
-    check_structure(manager, step, params_template, opt_state_template)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            **{
-                STATE_ITEM: ocp.args.StandardRestore(
-                    _state_tree(params_template, opt_state_template, 0)
-                ),
-                META_ITEM: ocp.args.JsonRestore(),
-            }
-        ),
-    )
-    state = restored[STATE_ITEM]
+    directory = manager.directory
+    step_dir = pathlib.Path(directory) / str(step)
+    try:
+        read_every_array(step_dir / STATE_ITEM)  # first: Orbax's metadata reads open them all
+        check_structure(manager, step, params_template, opt_state_template)
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardRestore(
+                        _state_tree(params_template, opt_state_template, 0)
+                    ),
+                    META_ITEM: ocp.args.JsonRestore(),
+                }
+            ),
+        )
+        state, meta = restored[STATE_ITEM], dict(restored[META_ITEM] or {})
+    except CheckpointMismatchError:
+        raise
+    except Exception as err:  # whatever damaged files make TensorStore, JSON or the OS raise
+        raise UnreadableCheckpointError(step, directory, _short_reason(err, step_dir)) from err
+    _verify_checksums(step, directory, meta, state["params"], state["opt_state"])
     if int(state["step"]) != step:
         raise CheckpointMismatchError(
-            f"Checkpoint {manager.directory}/{step} holds step {int(state['step'])}; "
+            f"Checkpoint {directory}/{step} holds step {int(state['step'])}; "
             "the directory was edited by hand. Start a fresh run with a new --checkpoint-dir."
         )
-    return Restored(step, state["params"], state["opt_state"], dict(restored[META_ITEM] or {}))
+    if bad := nonfinite_leaves(state["params"], state["opt_state"]):
+        raise NonFiniteError(
+            f"checkpoint {step} in {directory} holds NaN or infinity in {_some(bad)}; "
+            "resuming from it would train on them. Delete it to resume from an older "
+            "checkpoint, or start a fresh run with a new --checkpoint-dir."
+        )
+    return Restored(step, state["params"], state["opt_state"], meta)
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager,
+    params_template: Any,
+    opt_state_template: Any,
+    *,
+    report: Callable[[str], None] = _to_stderr,
+) -> Restored | None:
+    """Restores the newest intact step, skipping the newer ones that cannot be read.
+
+    Tries the committed steps newest first; each one that raises
+    :class:`UnreadableCheckpointError` is reported in one line through
+    ``report`` (``checkpoint 60 in DIR is unreadable: ...; resuming from 55``).
+    Returns ``None`` when the directory holds no committed step, and raises
+    :class:`NoIntactCheckpointError` when none of them can be read. Mismatching
+    structures and non-finite values are errors, as in :func:`restore`.
+    """
+    unreadable: list[UnreadableCheckpointError] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = restore(manager, params_template, opt_state_template, step=step)
+        except UnreadableCheckpointError as err:
+            unreadable.append(err)
+            continue
+        for err in unreadable:
+            report(f"{err}; resuming from {step}")
+        return restored
+    if not unreadable:
+        return None
+    raise NoIntactCheckpointError(
+        f"no intact checkpoint in {manager.directory} to resume from:\n"
+        + "".join(f"  {err}\n" for err in unreadable)
+        + "Move the directory away to start a fresh run, or pass a new --checkpoint-dir."
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -534,6 +720,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def resume(
+    manager: ocp.CheckpointManager,
+    args: argparse.Namespace,
+    config: Mapping[str, Any],
+    params: Any,
+    opt_state: Any,
+) -> tuple[int, Any, Any]:
+    """``(start step, params, opt_state)``: the newest intact checkpoint's, or the arguments.
+
+    Steps newer than the one resumed from could not be read (see
+    :func:`restore_latest`); they are deleted, as the run writes them again.
+    """
+    latest = manager.latest_step()
+    if latest is None:
+        return 0, params, opt_state
+    if not args.resume:
+        raise SystemExit(
+            f"{args.checkpoint_dir} already holds checkpoints (newest: step {latest}). "
+            "Resume from it (drop --no-resume) or use a new --checkpoint-dir."
+        )
+    restored = restore_latest(manager, params, opt_state)
+    check_config(manager.directory, restored.meta.get("config"), config)
+    if restored.step > args.steps:
+        raise SystemExit(
+            f"{args.checkpoint_dir} is at step {restored.step}, past --steps {args.steps}."
+        )
+    for step in manager.all_steps():
+        if step > restored.step:
+            manager.delete(step)
+    print(f"Resumed from step {restored.step} of {manager.directory}.", file=sys.stderr)
+    return restored.step, restored.params, restored.opt_state
+
+
+def _check_loss(loss: jax.Array, step: int) -> None:
+    """Raises :class:`NonFiniteError` when the loss of step ``step`` is NaN or infinite."""
+    if not math.isfinite(float(loss)):
+        raise NonFiniteError(
+            f"the training diverged: the loss is {float(loss)} at step {step} "
+            f"(lower --learning-rate?); step {step} was not saved."
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     data = load_data(args.seed)
@@ -550,23 +778,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     manager = None
     if args.checkpoint_dir is not None:
         manager = make_manager(args.checkpoint_dir, every=args.checkpoint_every, keep=args.keep)
-        latest = manager.latest_step()
-        if latest is not None and not args.resume:
+        try:
+            start, params, opt_state = resume(manager, args, config, params, opt_state)
+        except BaseException:
             manager.close()
-            raise SystemExit(
-                f"{args.checkpoint_dir} already holds checkpoints (newest: step {latest}). "
-                "Resume from it (drop --no-resume) or use a new --checkpoint-dir."
-            )
-        if latest is not None:
-            restored = restore(manager, params, opt_state)
-            check_config(manager.directory, restored.meta.get("config"), config)
-            if restored.step > args.steps:
-                manager.close()
-                raise SystemExit(
-                    f"{args.checkpoint_dir} is at step {restored.step}, past --steps {args.steps}."
-                )
-            start, params, opt_state = restored.step, restored.params, restored.opt_state
-            print(f"Resumed from step {start} of {manager.directory}.", file=sys.stderr)
+            raise
 
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     train_step = make_train_step(tx)
@@ -584,7 +800,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 idx = batch_indices(args.seed, step, len(data.x_train), args.batch_size)
                 params, opt_state, loss = train_step(params, opt_state, x_train, y_train, idx)
                 done = step + 1
-                if manager is not None:
+                if manager is not None and (done == args.steps or manager.should_save(done)):
+                    _check_loss(loss, done)
                     save(
                         manager,
                         done,
@@ -604,6 +821,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             manager.close()
 
     train_loss, train_acc = map(float, evaluate(params, x_train, y_train))
+    if not math.isfinite(train_loss) or nonfinite_leaves(params, opt_state):
+        not_written = f"; {args.out} was not written" if args.out is not None else ""
+        raise NonFiniteError(
+            f"the training diverged: the final train loss is {train_loss} "
+            f"(lower --learning-rate?){not_written}."
+        )
     test_loss, test_acc = map(
         float, evaluate(params, jnp.asarray(data.x_test), jnp.asarray(data.y_test))
     )
@@ -630,5 +853,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except CheckpointMismatchError as err:
+    except (
+        CheckpointMismatchError,
+        UnreadableCheckpointError,
+        NoIntactCheckpointError,
+        NonFiniteError,
+    ) as err:
         sys.exit(f"error: {err}")

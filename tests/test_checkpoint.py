@@ -8,6 +8,11 @@
   local file system the name is the commit mark; ``commit_success.txt`` is
   written too, but only checked on GCS). What a crash leaves behind is ignored
   by ``latest_step()`` and removed when the next run opens the directory.
+* A corrupt newest checkpoint (flipped bytes, caught by the checksums stored
+  with it; a truncated data file; an emptied ``_METADATA`` or
+  ``manifest.ocdbt``) is reported in one line and the older intact step is
+  used; with none intact, or a checkpoint holding NaN, or a run whose loss
+  becomes NaN, the trainer exits with status 1 and writes no NaN checkpoint.
 * Restoring into an optimizer whose state has another structure (another mask,
   another optimizer) or params of another dtype raises a clear ``ValueError``.
 * Every optimizer's state round-trips exactly (float32 and bfloat16) and the
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -239,6 +245,163 @@ def test_checkpoint_cut_off_mid_write_is_never_loaded(tmp_path, reference, train
     _assert_params_identical(out, reference / "params.npz")
     assert _uncommitted(ckpt) == []
     assert 60 in _committed(ckpt)
+
+
+# ------------------------------------------------------------------------------------------
+# Corrupt checkpoints and non-finite state
+# ------------------------------------------------------------------------------------------
+
+
+def _data_file(step_dir: pathlib.Path) -> pathlib.Path:
+    """The largest file of the step's array item: OCDBT's data file, the arrays' chunks."""
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=_size)
+
+
+def _size(path: pathlib.Path) -> int:
+    return path.stat().st_size
+
+
+def _flip_bytes(step_dir: pathlib.Path) -> None:
+    """Inverts 64 bytes in the middle of the data file (it stays readable: zstd has no CRC)."""
+    f = _data_file(step_dir)
+    data = bytearray(f.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    f.write_bytes(bytes(data))
+
+
+def _truncate_data_file(step_dir: pathlib.Path) -> None:
+    f = _data_file(step_dir)
+    f.write_bytes(f.read_bytes()[: _size(f) // 2])
+
+
+def _empty_metadata(step_dir: pathlib.Path) -> None:
+    (step_dir / "state" / "_METADATA").write_bytes(b"")
+
+
+def _empty_manifest(step_dir: pathlib.Path) -> None:
+    (step_dir / "state" / "manifest.ocdbt").write_bytes(b"")
+
+
+# corruption -> what the one-line report gives as the reason
+CORRUPTIONS = {
+    _flip_bytes: "checksum mismatch in ",
+    _truncate_data_file: "OUT_OF_RANGE: ",
+    _empty_metadata: "JSONDecodeError: ",
+    _empty_manifest: 'Error decoding local file "state/manifest.ocdbt"',
+}
+
+
+def _unreadable_line(ckpt: pathlib.Path, step: int, reason: str, then: str) -> str:
+    return (
+        rf"checkpoint {step} in {re.escape(str(ckpt))} is unreadable: .*{re.escape(reason)}.*{then}"
+    )
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.lstrip("_"))
+def test_corrupt_newest_checkpoint_falls_back_to_older_step(
+    tmp_path, reference, train, capsys, monkeypatch, corrupt
+):
+    """Reported in one line, resumed from step 55, trained to the end exactly as without it.
+
+    Nothing else is printed: no traceback, and none of the "Event loop is closed"
+    errors that reads left in flight by a failed Orbax restore raise in TensorStore's
+    threads (Python passes them to ``sys.unraisablehook``).
+    """
+    ckpt, out = tmp_path / "ckpt", tmp_path / "params.npz"
+    shutil.copytree(reference / "ckpt", ckpt)
+    corrupt(ckpt / "60")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(repr(u.exc_value)))
+
+    result = train.main([*RUN_ARGS, "--checkpoint-dir", str(ckpt), "--out", str(out)])
+
+    assert unraisable == []
+    err = capsys.readouterr().err
+    reports = [line for line in err.splitlines() if "unreadable" in line]
+    assert len(reports) == 1, err
+    assert re.fullmatch(
+        _unreadable_line(ckpt, 60, CORRUPTIONS[corrupt], "; resuming from 55"), reports[0]
+    )
+    assert "Traceback" not in err and "Event loop" not in err, err
+    assert "Resumed from step 55 " in err
+    assert result["resumed_from"] == 55
+    _assert_params_identical(out, reference / "params.npz")
+    # The corrupt step was written again, intact.
+    assert _committed(ckpt) == [50, 55, 60]
+    params = train.init_params(0)
+    tx = train.make_optimizer("adamw", steps=STEPS)
+    with train.make_manager(ckpt, every=EVERY) as manager:
+        assert train.restore(manager, params, tx.init(params)).step == 60
+
+
+def _run_failing(tmp_path: pathlib.Path, name: str, *args: str) -> str:
+    """Runs examples/train.py, which must exit with status 1 and no traceback; returns its log."""
+    proc = _start(tmp_path, name, *args)
+    try:
+        rc = proc.wait(timeout=TIMEOUT)
+    finally:
+        _kill(proc)
+    log = (tmp_path / f"{name}.log").read_text()
+    assert rc == 1, f"{name} exited with {rc}:\n{log}"
+    assert "Traceback" not in log, log
+    return log
+
+
+def test_no_intact_checkpoint_exits_with_the_reasons(tmp_path, reference):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "params.npz"
+    shutil.copytree(reference / "ckpt", ckpt)
+    _flip_bytes(ckpt / "60")
+    _empty_metadata(ckpt / "55")
+    _empty_manifest(ckpt / "50")
+
+    log = _run_failing(tmp_path, "corrupt", "--checkpoint-dir", str(ckpt), "--out", str(out))
+
+    assert f"error: no intact checkpoint in {ckpt} to resume from:\n" in log
+    for step, corrupt in ((60, _flip_bytes), (55, _empty_metadata), (50, _empty_manifest)):
+        assert re.search(_unreadable_line(ckpt, step, CORRUPTIONS[corrupt], "\n"), log), log
+    assert "Resumed" not in log and not out.exists()
+    assert _committed(ckpt) == [50, 55, 60], "the checkpoints were touched"
+
+
+def test_non_finite_checkpoint_is_an_error(tmp_path, train, monkeypatch):
+    """A checkpoint holding NaN, with checksums that match (saved without the finiteness guard).
+
+    ``main`` raises instead of training on it (``__main__`` turns the error into
+    "error: ..." and exit status 1, as the tests before and after this one check).
+    """
+    ckpt, out = tmp_path / "ckpt", tmp_path / "params.npz"
+    params = train.init_params(0)
+    tx = train.make_optimizer("adamw", steps=STEPS)
+    state = tx.init(params)
+    params["hidden"]["kernel"] = params["hidden"]["kernel"].at[3, 7].set(jnp.nan)
+    config = train.run_config(train.parse_args(RUN_ARGS))
+    with monkeypatch.context() as patch, train.make_manager(ckpt, every=EVERY) as manager:
+        patch.setattr(train, "nonfinite_leaves", lambda *trees: [], raising=False)
+        assert train.save(manager, EVERY, params, state, meta={"config": config})
+
+    message = f"checkpoint {EVERY} in {ckpt} holds NaN or infinity in params/hidden/kernel;"
+    with pytest.raises(FloatingPointError, match=re.escape(message)):
+        train.main([*RUN_ARGS, "--checkpoint-dir", str(ckpt), "--out", str(out)])
+    assert not out.exists()
+    assert _committed(ckpt) == [EVERY]
+
+
+def test_diverging_run_exits_non_zero_and_saves_no_nan(tmp_path):
+    ckpt, out = tmp_path / "ckpt", tmp_path / "params.npz"
+    args = ("--learning-rate", "1e30", "--steps", "20", "--checkpoint-dir", str(ckpt))
+
+    log = _run_failing(tmp_path, "diverging", *args, "--out", str(out))
+
+    assert re.search(r"error: the training diverged: the loss is (nan|-?inf) at step \d+", log), log
+    assert not out.exists()
+    committed = _committed(ckpt)
+    assert committed and committed[-1] < 20, committed
+    for step in committed:  # read with Orbax alone: whatever was written is finite
+        with ocp.StandardCheckpointer() as checkpointer:
+            state = checkpointer.restore(ckpt / str(step) / "state")
+        for leaf in jax.tree.leaves(state):
+            assert np.isfinite(np.asarray(leaf, np.float64)).all(), f"step {step} holds NaN"
 
 
 # ------------------------------------------------------------------------------------------
