@@ -1,4 +1,5 @@
-"""Shared test helpers: param trees, gradient streams and a NumPy reference.
+"""Shared test helpers: the registry of optimizers and transforms, param trees, gradient
+streams and a NumPy reference.
 
 The reference is written from the formulas of the source texts, in float64
 NumPy, independently of the package, so that tests compare the package with
@@ -10,7 +11,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,23 +36,63 @@ def load_script(relpath: str):
     return module
 
 
-SHAPES = {"w": (3, 4), "b": (4,), "k": (2, 2, 3)}
+# ---- The registry: every optimizer and transform the tests run, and what to expect of it.
 
-# name -> factory(learning_rate, weight_decay, **kwargs)
-ADAM_FAMILY = {
-    "adam_l2": od.adam_l2,
-    "adamw": od.adamw,
-    "adamw_coupled": functools.partial(od.adamw, coupled=True),
-    "prox_adam": od.prox_adam,
-    "adamp": od.adamp,
+
+class Spec(NamedTuple):
+    make: Callable[..., Any]  # make(learning_rate, weight_decay, **kwargs)
+    alpha: float  # a learning rate and a weight decay, non-trivial, in the entry's convention
+    lam: float
+    kind: str  # lambda's place: "l2", "paper" (1 - eta*lam), "coupled", "prox" or "adaptive"
+    family: str = "transform"  # "adam" or "sgd": the optimizers of `_alias`
+    sgd: dict = {}  # the momentum arguments of an SGD optimizer
+
+
+P = functools.partial
+MOMENTUM, NESTEROV = dict(momentum=0.9), dict(momentum=0.9, nesterov=True)
+REGISTRY = {
+    "adam_l2": Spec(od.adam_l2, 0.05, 0.3, "l2", "adam"),
+    "adamw": Spec(od.adamw, 0.05, 0.2, "paper", "adam"),
+    "adamw_coupled": Spec(P(od.adamw, coupled=True), 0.05, 4.0, "coupled", "adam"),
+    "prox_adam": Spec(od.prox_adam, 0.05, 0.2, "prox", "adam"),
+    "adamp": Spec(od.adamp, 0.05, 0.3, "adaptive", "adam"),
+    "sgd_l2": Spec(od.sgd_l2, 0.1, 0.3, "l2", "sgd"),
+    "sgdw": Spec(od.sgdw, 0.1, 0.05, "paper", "sgd"),
+    "sgd_l2_momentum": Spec(P(od.sgd_l2, **MOMENTUM), 0.1, 0.3, "l2", "sgd", MOMENTUM),
+    "sgdw_nesterov": Spec(P(od.sgdw, **NESTEROV), 0.1, 0.05, "paper", "sgd", NESTEROV),
+    # The transforms take the same arguments; the learning rate is used where they have one.
+    "add_l2_to_grad": Spec(lambda _, wd, **kw: od.add_l2_to_grad(wd, **kw), 0.05, 0.3, "l2"),
+    "decoupled_decay": Spec(lambda _, wd, **kw: od.decoupled_decay(wd, **kw), 0.05, 0.2, "paper"),
+    "prox_l2": Spec(lambda _, wd, **kw: od.prox_l2(wd, **kw), 0.05, 0.2, "prox"),
+    "adaptive_decay": Spec(od.adaptive_decay, 0.05, 0.3, "adaptive"),
+    "master_weights": Spec(
+        lambda a, wd, **kw: od.master_weights(od.adamw(a, wd, **kw)), 0.05, 0.2, "paper"
+    ),
 }
-SGD_FAMILY = {
-    "sgd_l2": od.sgd_l2,
-    "sgdw": od.sgdw,
-    "sgd_l2_momentum": functools.partial(od.sgd_l2, momentum=0.9),
-    "sgdw_nesterov": functools.partial(od.sgdw, momentum=0.9, nesterov=True),
-}
-ALL = {**ADAM_FAMILY, **SGD_FAMILY}
+ADAM_FAMILY = sorted(n for n, s in REGISTRY.items() if s.family == "adam")
+SGD_FAMILY = sorted(n for n, s in REGISTRY.items() if s.family == "sgd")
+OPTIMIZERS = ADAM_FAMILY + SGD_FAMILY
+TRANSFORMS = sorted(n for n, s in REGISTRY.items() if s.family == "transform")
+
+
+def build(name, learning_rate=None, weight_decay=None, **kwargs):
+    """The registry's entry ``name``, with its own ``alpha`` and ``lambda`` unless given."""
+    spec = REGISTRY[name]
+    alpha = spec.alpha if learning_rate is None else learning_rate
+    return spec.make(alpha, spec.lam if weight_decay is None else weight_decay, **kwargs)
+
+
+def plain(name, learning_rate):
+    """The Optax optimizer that the optimizer ``name`` is with ``weight_decay=0``."""
+    spec = REGISTRY[name]
+    if spec.family == "adam":
+        return optax.adam(learning_rate)
+    return optax.sgd(learning_rate, **spec.sgd)
+
+
+# ---- Params, gradients, runs.
+
+SHAPES = {"w": (3, 4), "b": (4,), "k": (2, 2, 3)}
 
 
 def make_params(dtype=jnp.float64, seed=0, shapes=SHAPES):
@@ -65,6 +108,12 @@ def make_grads(params, steps, seed=1, scale=1.0):
     ]
 
 
+def make_problem(steps, dtype=jnp.float64, **kwargs):
+    """``make_params(dtype, **kwargs)`` and a stream of ``steps`` gradients for them."""
+    params = make_params(dtype, **kwargs)
+    return params, make_grads(params, steps)
+
+
 def run(tx, params, grads, jit=True, return_state=False):
     """Feeds a fixed gradient stream; returns the params after every step (and the state)."""
     update = jax.jit(tx.update) if jit else tx.update
@@ -77,20 +126,50 @@ def run(tx, params, grads, jit=True, return_state=False):
     return (out, state) if return_state else out
 
 
+def max_rel_diff(a, b):
+    """Largest |a - b| / (|b| + 1e-30) over all leaves."""
+    return max(
+        float(jnp.max(jnp.abs(x - y) / (jnp.abs(y) + 1e-30)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
-def reference(name, params, grads, alpha, lam, eta=lambda t: 1.0, b1=0.9, b2=0.999, eps=1e-8,
-              eps_root=0.0, momentum=None, nesterov=False):
+
+# ---- The source texts' formulas, in float64 NumPy.
+
+
+def ravel(tree):
+    """All leaves of ``tree`` in one float64 NumPy vector."""
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def adam_moments(grads, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0):
+    """``mhat`` and ``D`` after the whole gradient stream, raveled, in float64 NumPy."""
+    m = v = 0.0
+    for g in grads:
+        m = b1 * m + (1 - b1) * ravel(g)
+        v = b2 * v + (1 - b2) * ravel(g) ** 2
+    t = len(grads)
+    return m / (1 - b1**t), np.sqrt(v / (1 - b2**t) + eps_root) + eps
+
+
+def reference(name, params, grads, alpha, lam, eta=None, momentum=None, nesterov=False, **adam):
     """The source texts' update rules in float64 NumPy; returns params after each step.
 
-    ``alpha`` and ``lam`` may be callables of the step ``t``; ``eta`` is one.
+    ``name`` is a registry name (``sgdw_nesterov``: ``sgdw`` with its momentum) or ``adam``;
+    ``alpha`` and ``lam`` may be callables of the step ``t``, and ``eta`` one (default 1);
+    ``adam`` holds ``b1``, ``b2``, ``eps``, ``eps_root``, each with Optax's default.
     """
+    sgd = REGISTRY[name].sgd if name in REGISTRY else {}
+    momentum, nesterov = sgd.get("momentum", momentum), sgd.get("nesterov", nesterov)
+    name = name.removesuffix("_momentum").removesuffix("_nesterov")
+    b1, b2, eps, eps_root = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0, **adam}.values()
     w = {k: np.asarray(v, np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in w.items()}
     v2 = {k: np.zeros_like(v) for k, v in w.items()}
     out = []
     weight_decay = lam
     for t, g in enumerate(grads):
-        e = eta(t)
+        e = 1.0 if eta is None else eta(t)
         a = alpha(t) if callable(alpha) else alpha
         lam = weight_decay(t) if callable(weight_decay) else weight_decay
         s = a * e
@@ -125,33 +204,3 @@ def reference(name, params, grads, alpha, lam, eta=lambda t: 1.0, b1=0.9, b2=0.9
                 raise ValueError(name)
         out.append({k: v.copy() for k, v in w.items()})
     return out
-
-
-def ref_kwargs(name):
-    """The arguments of :func:`reference` for an optimizer of ``ALL`` named ``name``."""
-    if name == "sgd_l2_momentum":
-        return dict(name="sgd_l2", momentum=0.9)
-    if name == "sgdw_nesterov":
-        return dict(name="sgdw", momentum=0.9, nesterov=True)
-    return dict(name=name)
-
-
-def max_rel_diff(a, b):
-    """Largest |a - b| / (|b| + 1e-30) over all leaves."""
-    return max(
-        float(jnp.max(jnp.abs(x - y) / (jnp.abs(y) + 1e-30)))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
-
-
-HYPER = {  # name -> (alpha, lambda): each in its own convention, all non-trivial.
-    "adam_l2": (0.05, 0.3),
-    "adamw": (0.05, 0.2),
-    "adamw_coupled": (0.05, 4.0),
-    "prox_adam": (0.05, 0.2),
-    "adamp": (0.05, 0.3),
-    "sgd_l2": (0.1, 0.3),
-    "sgdw": (0.1, 0.05),
-    "sgd_l2_momentum": (0.1, 0.3),
-    "sgdw_nesterov": (0.1, 0.05),
-}

@@ -2,10 +2,9 @@
 
 import math
 
-import jax
 import numpy as np
 import pytest
-from helpers import make_grads, make_params, run
+from helpers import make_problem, run
 
 import optax_decay as od
 
@@ -15,13 +14,12 @@ def test_coupled_paper_round_trip():
     assert od.paper_to_coupled(od.coupled_to_paper(0.05, 3e-4), 3e-4) == pytest.approx(0.05)
 
 
+@pytest.mark.x64
 def test_coupled_to_paper_gives_the_same_optimizer():
-    with jax.enable_x64(True):
-        params = make_params()
-        grads = make_grads(params, 5)
-        a = run(od.adamw(2e-2, 0.3, coupled=True), params, grads)
-        b = run(od.adamw(2e-2, od.coupled_to_paper(0.3, 2e-2)), params, grads)
-        np.testing.assert_allclose(a[-1]["w"], b[-1]["w"], rtol=1e-12)
+    params, grads = make_problem(5)
+    a = run(od.adamw(2e-2, 0.3, coupled=True), params, grads)
+    b = run(od.adamw(2e-2, od.coupled_to_paper(0.3, 2e-2)), params, grads)
+    np.testing.assert_allclose(a[-1]["w"], b[-1]["w"], rtol=1e-12)
 
 
 def test_timescale():
@@ -37,7 +35,8 @@ def test_normalized_weight_decay():
     assert od.normalized_weight_decay(0.05, b, B, T) == pytest.approx(0.05 * math.sqrt(b / (B * T)))
     # Four times the epochs: half the per-step decay.
     assert od.normalized_weight_decay(0.05, b, B, 4 * T) == pytest.approx(
-        od.normalized_weight_decay(0.05, b, B, T) / 2)
+        od.normalized_weight_decay(0.05, b, B, T) / 2
+    )
 
 
 @pytest.mark.parametrize(

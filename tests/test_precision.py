@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ALL
+from helpers import OPTIMIZERS, REGISTRY, build, make_params, make_problem, reference
 
 import optax_decay as od
 
-DECOUPLED = ["adamw", "adamw_coupled", "prox_adam", "sgdw", "sgdw_nesterov"]
+DECOUPLED = [n for n in OPTIMIZERS if REGISTRY[n].kind in ("paper", "coupled", "prox")]
 
 
 def decay_only(tx, params, steps):
@@ -34,14 +34,14 @@ def decay_only(tx, params, steps):
 def lr_and_decay(name, rate):
     """(alpha, lambda) whose decay per step is `rate` in the optimizer's own convention."""
     alpha = 1e-2
-    return alpha, rate / alpha if name == "adamw_coupled" else rate
+    return alpha, rate / alpha if REGISTRY[name].kind == "coupled" else rate
 
 
 @pytest.mark.parametrize("name", DECOUPLED)
 def test_bf16_decay_is_lost_and_warned(name):
     params = {"w": jnp.linspace(0.5, 4.0, 16, dtype=jnp.bfloat16)}
     with pytest.warns(od.DecayPrecisionWarning, match="below the resolution of bfloat16"):
-        out = decay_only(ALL[name](*lr_and_decay(name, 1e-5)), params, 1000)
+        out = decay_only(build(name, *lr_and_decay(name, 1e-5)), params, 1000)
     # 1000 steps of (1 - 1e-5) should shrink by 1%, far more than bf16 rounding: but nothing moved.
     chex.assert_trees_all_equal(out, params)
 
@@ -51,7 +51,7 @@ def test_master_weights_apply_the_decay(name):
     params = {"w": jnp.linspace(0.5, 4.0, 16, dtype=jnp.bfloat16)}
     with warnings.catch_warnings():
         warnings.simplefilter("error", od.DecayPrecisionWarning)  # the inner runs in float32
-        out = decay_only(od.master_weights(ALL[name](*lr_and_decay(name, 1e-5))), params, 1000)
+        out = decay_only(od.master_weights(build(name, *lr_and_decay(name, 1e-5))), params, 1000)
     assert out["w"].dtype == jnp.bfloat16
     w0 = np.asarray(params["w"], np.float64)
     factor = (1 - 1e-5) ** 1000 if "prox" not in name else (1 + 1e-5) ** -1000
@@ -76,6 +76,20 @@ def test_master_weights_state_and_float32_passthrough():
     with pytest.warns(od.DecayPrecisionWarning):  # the plain optimizer on the bf16 leaf
         ru, _ = ref.update(g, ref.init(params), params)
     chex.assert_trees_all_equal(u["full"], ru["full"])
+
+
+@pytest.mark.x64
+def test_weight_decay_schedule_in_master_weights():
+    """master_weights(adamw(weight_decay=schedule)) in a float64 master: the reference."""
+    params, grads = make_problem(5, jnp.float32)
+    lam = lambda t: 0.2 / (1.0 + 0.5 * t)
+    tx = od.master_weights(od.adamw(0.05, lam), dtype=jnp.float64)
+    state = tx.init(params)
+    for g in grads:
+        u, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, u)
+    ref = reference("adamw", make_params(jnp.float32), grads, 0.05, lam)[-1]
+    chex.assert_trees_all_close(state.master, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_master_weights_equals_float32_run():
@@ -129,11 +143,11 @@ def test_warns_with_a_schedule_and_under_jit(name):
     params = {"w": jnp.ones(4, jnp.bfloat16)}
     eta = optax.cosine_decay_schedule(1.0, 1000)
     alpha, lam = lr_and_decay(name, 1e-5)
-    tx = ALL[name](alpha, lam, schedule=eta)
+    tx = build(name, alpha, lam, schedule=eta)
     with pytest.warns(od.DecayPrecisionWarning, match=r"1e-05 per step \(at t = 0\)"):
         jax.jit(tx.init)(params)
     # A weight-decay schedule too, evaluated at t = 0.
-    tx = ALL[name](alpha, optax.constant_schedule(lam))
+    tx = build(name, alpha, optax.constant_schedule(lam))
     with pytest.warns(od.DecayPrecisionWarning):
         tx.init(params)
 
@@ -165,13 +179,11 @@ def test_master_weights_state_maps_sharding_specs():
         tx, lambda _, spec: spec, state, specs, transform_non_params=lambda _: P()
     )
     assert state_specs.master == specs
-    shardings = jax.tree.map(
-        lambda s: jax.sharding.NamedSharding(mesh, s), state_specs,
-        is_leaf=lambda x: isinstance(x, P),
+    named = lambda t: jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, s), t, is_leaf=lambda x: isinstance(x, P)
     )
-    sharded = jax.device_put(state, shardings)
-    params = jax.device_put(params, jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs,
-                                                 is_leaf=lambda x: isinstance(x, P)))
+    sharded = jax.device_put(state, named(state_specs))
+    params = jax.device_put(params, named(specs))
     u, new = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), sharded, params)
     assert new.master["low"].sharding.spec == P("x", None)
     ref, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)

@@ -19,7 +19,7 @@ conventions apart.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 
 import numpy as np
@@ -28,7 +28,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import chex  # noqa: E402
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
@@ -39,31 +38,10 @@ NUM_STEPS = 20
 RTOL = 1e-12
 ATOL = 1e-14
 
-
-@contextlib.contextmanager
-def _x64():
-    """Float64 in JAX for the duration of the block, restored afterwards."""
-    if hasattr(jax, "enable_x64"):  # jax >= 0.7: a config context manager.
-        with jax.enable_x64(True):
-            yield
-        return
-    old = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.x64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _enable_x64():
-    with _x64():
-        yield
-
-
-# --------------------------------------------------------------------------- #
-# The parity driver.
-# --------------------------------------------------------------------------- #
+# ---- The parity driver.
 
 
 def _run_parity(tx, make_torch, *, seed=0, grad_scale=1.0, per_step=None):
@@ -170,18 +148,21 @@ ADAM_SETTINGS = [
 ]
 
 
-# --------------------------------------------------------------------------- #
-# 1. torch.optim.AdamW == adamw(coupled=True).
-# --------------------------------------------------------------------------- #
+# ---- 1. torch.optim.AdamW == adamw(coupled=True); torch.optim.Adam(weight_decay) == adam_l2.
 
 
 @pytest.mark.parametrize("hp", ADAM_SETTINGS)
-def test_adamw_coupled_matches_torch_adamw(hp):
-    b1, b2 = hp["betas"]
-    tx = optax_decay.adamw(hp["lr"], hp["wd"], coupled=True, b1=b1, b2=b2, eps=hp["eps"])
-    make = _torch(
-        torch.optim.AdamW, lr=hp["lr"], betas=hp["betas"], eps=hp["eps"], weight_decay=hp["wd"]
-    )
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (functools.partial(optax_decay.adamw, coupled=True), torch.optim.AdamW),
+        (optax_decay.adam_l2, torch.optim.Adam),
+    ],
+    ids=["adamw_coupled-AdamW", "adam_l2-Adam"],
+)
+def test_adam_family_matches_torch(ours, theirs, hp):
+    tx = ours(hp["lr"], hp["wd"], b1=hp["betas"][0], b2=hp["betas"][1], eps=hp["eps"])
+    make = _torch(theirs, lr=hp["lr"], betas=hp["betas"], eps=hp["eps"], weight_decay=hp["wd"])
     _run_parity(tx, make, grad_scale=0.5)
 
 
@@ -194,9 +175,7 @@ def test_adamw_coupled_matches_torch_adamw_foreach():
     _run_parity(tx, make, seed=3)
 
 
-# --------------------------------------------------------------------------- #
-# 2. The paper form: adamw(lr, wd_paper) == torch AdamW(weight_decay=wd_paper/lr).
-# --------------------------------------------------------------------------- #
+# ---- 2. The paper form: adamw(lr, wd_paper) == torch AdamW(weight_decay=wd_paper/lr).
 
 
 @pytest.mark.parametrize(
@@ -231,24 +210,7 @@ def test_adamw_paper_with_lr_schedule_matches_torch_with_rescaled_decay():
     _run_parity(tx, make, seed=2, per_step=per_step)
 
 
-# --------------------------------------------------------------------------- #
-# 3. torch.optim.Adam(weight_decay) == adam_l2.
-# --------------------------------------------------------------------------- #
-
-
-@pytest.mark.parametrize("hp", ADAM_SETTINGS)
-def test_adam_l2_matches_torch_adam(hp):
-    b1, b2 = hp["betas"]
-    tx = optax_decay.adam_l2(hp["lr"], hp["wd"], b1=b1, b2=b2, eps=hp["eps"])
-    make = _torch(
-        torch.optim.Adam, lr=hp["lr"], betas=hp["betas"], eps=hp["eps"], weight_decay=hp["wd"]
-    )
-    _run_parity(tx, make, grad_scale=0.5)
-
-
-# --------------------------------------------------------------------------- #
-# 4. torch.optim.SGD(momentum, nesterov, weight_decay) == sgd_l2.
-# --------------------------------------------------------------------------- #
+# ---- 3. torch.optim.SGD(momentum, nesterov, weight_decay) == sgd_l2.
 
 
 @pytest.mark.parametrize(
@@ -274,9 +236,7 @@ def test_sgd_l2_matches_torch_sgd(lr, wd, momentum, nesterov):
     _run_parity(tx, make, seed=4)
 
 
-# --------------------------------------------------------------------------- #
-# 5. Schedules: eta_t at t = 0 for the first update, like torch's LambdaLR.
-# --------------------------------------------------------------------------- #
+# ---- 4. Schedules: eta_t at t = 0 for the first update, like torch's LambdaLR.
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -368,57 +328,39 @@ def test_sgd_l2_schedule_matches_torch_lambda_lr(name, nesterov):
     _run_parity(tx, make, seed=9)
 
 
-# --------------------------------------------------------------------------- #
-# Negative controls: the comparison tells the conventions apart.
-# --------------------------------------------------------------------------- #
+# ---- Negative controls: the comparison tells the conventions apart.
 
 
-def _mismatch(tx, make, **kwargs):
-    with pytest.raises(AssertionError, match="differ from torch"):
-        _run_parity(tx, make, **kwargs)
-
-
-def test_control_paper_adamw_is_not_torch_adamw_with_same_wd():
-    _mismatch(
-        optax_decay.adamw(1e-2, 0.1, coupled=False),
+PIECEWISE_JAX, PIECEWISE_PY = SCHEDULES["piecewise"]
+CONTROLS = {  # name -> (tx, torch optimizer) that must not match
+    "paper-adamw-vs-torch-adamw-same-wd": (
+        optax_decay.adamw(1e-2, 0.1),
         _torch(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
-    )
-
-
-def test_control_coupled_adamw_is_not_torch_adam_l2():
-    _mismatch(
+    ),
+    "coupled-adamw-vs-torch-adam-l2": (
         optax_decay.adamw(1e-2, 0.1, coupled=True),
         _torch(torch.optim.Adam, lr=1e-2, weight_decay=0.1),
-    )
-
-
-def test_control_adam_l2_is_not_torch_adamw():
-    _mismatch(
+    ),
+    "adam-l2-vs-torch-adamw": (
         optax_decay.adam_l2(1e-2, 0.1),
         _torch(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
-    )
-
-
-def test_control_nesterov_differs_from_heavy_ball():
-    _mismatch(
+    ),
+    "nesterov-vs-heavy-ball": (
         optax_decay.sgd_l2(0.05, 0.1, momentum=0.9, nesterov=True),
         _torch(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=0.1),
-    )
-
-
-def test_control_eps_placement_is_detected():
-    """``eps`` inside the square root (``eps_root``) is not torch's ``eps``."""
-    _mismatch(
+    ),
+    "eps-inside-the-sqrt-vs-torch-eps": (  # with grad_scale 0.5
         optax_decay.adamw(1e-2, 0.1, coupled=True, eps=0.0, eps_root=1e-2),
         _torch(torch.optim.AdamW, lr=1e-2, eps=0.1, weight_decay=0.1),
-        grad_scale=0.5,
-    )
+    ),
+    "schedule-off-by-one-vs-lambda-lr": (  # eta_{t+1} at the first update instead of eta_0
+        optax_decay.adamw(0.1, 0.5, coupled=True, schedule=lambda t: PIECEWISE_JAX(t + 1)),
+        _torch_lambda_lr(torch.optim.AdamW, PIECEWISE_PY, lr=0.1, weight_decay=0.5),
+    ),
+}
 
 
-def test_control_schedule_off_by_one_is_detected():
-    """``eta_{t+1}`` at the first update instead of ``eta_0`` does not match LambdaLR."""
-    eta_jax, eta_py = SCHEDULES["piecewise"]
-    _mismatch(
-        optax_decay.adamw(0.1, 0.5, coupled=True, schedule=lambda t: eta_jax(t + 1)),
-        _torch_lambda_lr(torch.optim.AdamW, eta_py, lr=0.1, weight_decay=0.5),
-    )
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_control_the_comparison_tells_conventions_apart(name):
+    with pytest.raises(AssertionError, match="differ from torch"):
+        _run_parity(*CONTROLS[name], grad_scale=0.5 if name.startswith("eps") else 1.0)
