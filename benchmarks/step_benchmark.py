@@ -1,13 +1,14 @@
 """Step-time benchmark of every optax_decay optimizer against ``optax.adamw``.
 
 An optimizer step is elementwise and memory bound, so each optimizer is timed
-against the bandwidth the device actually delivers in the same run:
+against the bandwidth the device actually delivers in the same run. The timing
+is ``harness.Runner``'s, shared with ``train_step_benchmark.py``:
 
 * **in-jit** (headline): one jitted function runs ``K`` steps of
   ``tx.update`` + ``optax.apply_updates`` inside a ``jax.lax.fori_loop`` with a
   fixed gradient tree, params and state donated. Seconds per step = time / K.
   The fixed gradients pass through a ``jax.lax.optimization_barrier`` together
-  with the loop-carried params: otherwise XLA hoists gradient-only work
+  with the loop carry: otherwise XLA hoists gradient-only work
   (``g*g``, ``(1 - b1)*g``) out of the loop as loop invariant, adds buffers to
   the loop carry and times something that is not a training step.
 * **per call**: a jitted, donated single step called ``K`` times from Python,
@@ -24,6 +25,12 @@ against the bandwidth the device actually delivers in the same run:
   ``adamw [flat+mask]`` row decays every other leaf through ``layout.mask``
   (an iota compare fused into the update). ``x optax.adamw`` always divides by
   the tree-path ``optax.adamw``.
+* **optax.flatten(optax.adamw)**: Optax's own answer to many leaves, the peer
+  of the flat path, on the tree path only: it concatenates params and grads
+  into one vector and splits the update back into the tree at every step. Its
+  ``bytes/param`` (and so its roofline) counts what ``optax.adamw`` moves,
+  not the concatenations and the split: their traffic shows in its
+  ``x roofline``. ``--no-tree`` keeps it, with ``optax.adamw``, on the tree path.
 
 Every repeat runs every optimizer once, round robin, so that machine noise
 hits all alike; times are medians over repeats (minima are in the JSON).
@@ -46,15 +53,10 @@ the markdown tables are also printed.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -63,13 +65,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from harness import MODES, Runner, report_header, time_round_robin, write_report
 from tqdm.auto import tqdm
 
 import optax_decay
 
 TREES = ("one_leaf", "gpt2", "many_leaves")
 REFERENCE = "optax.adamw"
-MODES = ("in_jit", "per_call")
+# Optax's flattening wrapper, the peer of the flat path: on the tree path only
+# (flattening one flat buffer is a no-op), and kept by --no-tree with REFERENCE.
+FLATTEN = "optax.flatten(optax.adamw)"
 
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY_PAPER = 1e-4  # paper convention (not multiplied by the learning rate)
@@ -84,7 +89,7 @@ def optimizers(
     wd: float = WEIGHT_DECAY_PAPER,
     wd_coupled: float = WEIGHT_DECAY_COUPLED,
 ) -> dict[str, optax.GradientTransformation]:
-    """Every optimizer of the package, no mask, plus the reference ``optax.adamw``."""
+    """Every optimizer of the package, no mask, plus ``optax.adamw`` and its flattened form."""
     return {
         "sgd_l2": optax_decay.sgd_l2(lr, wd),
         "sgdw": optax_decay.sgdw(lr, wd),
@@ -94,6 +99,7 @@ def optimizers(
         "prox_adam": optax_decay.prox_adam(lr, wd),
         "adamp": optax_decay.adamp(lr, wd),
         REFERENCE: optax.adamw(lr, weight_decay=wd_coupled),
+        FLATTEN: optax.flatten(optax.adamw(lr, weight_decay=wd_coupled)),
     }
 
 
@@ -153,8 +159,14 @@ def random_tree(shapes: Any, seed: int, std: float) -> Any:
     )
 
 
-def bytes_per_param(params: Any, grads: Any, state: Any) -> float:
-    """Bytes moved per parameter per step: params r+w, grads r, every state array r+w."""
+def bytes_per_param(runner: Runner) -> float:
+    """Bytes moved per parameter per step: params r+w, grads r, every state array r+w.
+
+    For ``optax.flatten`` this is the traffic of the inner ``optax.adamw`` (its
+    state is flat, same size): the concatenation of params and grads into one
+    vector and the split of the update, each step, are not counted.
+    """
+    (params, state), grads = runner.carry, runner.data
     n = optax.tree.size(params)
     nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(t))
     # scalar state (step counts) is a few bytes per step, not per parameter.
@@ -162,119 +174,29 @@ def bytes_per_param(params: Any, grads: Any, state: Any) -> float:
     return (2 * nbytes(params) + nbytes(grads) + 2 * nbytes(state_arrays)) / n
 
 
-# --------------------------------------------------------------------------- jitted steps
+# --------------------------------------------------------------------------- runners
 
 
-def make_in_jit(tx: optax.GradientTransformation, steps: int) -> Callable:
-    def run(params, state, grads):
-        def body(_, carry):
-            p, s = carry
-            # Ties the fixed grads to the loop-carried params, so that XLA cannot hoist
-            # gradient-only work (g*g, (1 - b1)*g) out of the loop as loop invariant:
-            # each iteration then does exactly the work of a real step. No-op at run time.
-            g, p = jax.lax.optimization_barrier((grads, p))
-            u, s = tx.update(g, s, p)
-            return optax.apply_updates(p, u), s
+def optimizer_runner(tx: optax.GradientTransformation, host_params, grads, steps) -> Runner:
+    """``tx.update`` + ``optax.apply_updates``; carry ``(params, state)``, data the grads."""
 
-        return jax.lax.fori_loop(0, steps, body, (params, state))
+    def step(carry, grads):
+        params, state = carry
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
 
-    return jax.jit(run, donate_argnums=(0, 1))
+    params = jax.device_put(host_params)  # fresh buffers per optimizer
+    return Runner(step, (params, tx.init(params)), grads, steps)
 
 
-def make_single_step(tx: optax.GradientTransformation) -> Callable:
-    def step(params, state, grads):
-        u, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, u), state
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def make_copy_kernel(steps: int) -> Callable:
-    def run(x):
-        return jax.lax.fori_loop(0, steps, lambda _, y: y * jnp.float32(1.0000001), x)
-
-    return jax.jit(run, donate_argnums=0)
+def roofline_runner(n: int, steps: int) -> Runner:
+    """``x * 1.0000001`` on a flat fp32 array of ``n`` elements: 8 bytes per element."""
+    return Runner(lambda x, _: x * jnp.float32(1.0000001), jnp.ones((n,), jnp.float32), None, steps)
 
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-class Runner:
-    """One optimizer on one tree: owns its params and state (donated every call).
-
-    ``__init__`` only traces and lowers; ``compile`` (thread safe, XLA releases
-    the GIL) can run in a pool, which matters for the 2000-leaf tree.
-    """
-
-    def __init__(self, tx, host_params, grads, steps):
-        self.params = jax.device_put(host_params)  # fresh buffers per optimizer
-        self.state = tx.init(self.params)
-        self.grads = grads
-        self.steps = steps
-        self.bytes_per_param = bytes_per_param(self.params, grads, self.state)
-        args = (self.params, self.state, grads)
-        self._lowered = (
-            make_in_jit(tx, steps).lower(*args),
-            make_single_step(tx).lower(*args),
-        )
-
-    def compile(self):
-        self.in_jit, self.single = (lowered.compile() for lowered in self._lowered)
-        self._lowered = None
-        return self
-
-    def warmup(self):
-        self.params, self.state = self.in_jit(self.params, self.state, self.grads)
-        self.params, self.state = self.single(self.params, self.state, self.grads)
-        jax.block_until_ready((self.params, self.state))
-
-    def time_in_jit(self) -> float:
-        jax.block_until_ready((self.params, self.state))
-        t0 = time.perf_counter()
-        self.params, self.state = self.in_jit(self.params, self.state, self.grads)
-        jax.block_until_ready((self.params, self.state))
-        return (time.perf_counter() - t0) / self.steps
-
-    def time_per_call(self) -> float:
-        jax.block_until_ready((self.params, self.state))
-        p, s = self.params, self.state
-        t0 = time.perf_counter()
-        for _ in range(self.steps):
-            p, s = self.single(p, s, self.grads)
-        jax.block_until_ready((p, s))
-        elapsed = time.perf_counter() - t0
-        self.params, self.state = p, s
-        return elapsed / self.steps
-
-    def finite(self) -> bool:
-        return bool(_all_finite(self.params))
-
-
-class CopyRunner:
-    """The roofline kernel on a flat fp32 array of ``n`` elements."""
-
-    def __init__(self, n, steps):
-        self.x = jnp.ones((n,), jnp.float32)
-        self.steps = steps
-        self._lowered = make_copy_kernel(steps).lower(self.x)
-
-    def compile(self):
-        self.fn = self._lowered.compile()
-        self._lowered = None
-        return self
-
-    def warmup(self):
-        self.x = self.fn(self.x)
-        self.x.block_until_ready()
-
-    def time(self) -> float:
-        self.x.block_until_ready()
-        t0 = time.perf_counter()
-        self.x = self.fn(self.x)
-        self.x.block_until_ready()
-        return (time.perf_counter() - t0) / self.steps
 
 
 def alternate_mask(params: Any) -> Any:
@@ -284,13 +206,17 @@ def alternate_mask(params: Any) -> Any:
 
 
 def flat_runners(host_params, grads, txs, steps) -> dict[str, Runner]:
-    """Every optimizer on the flat buffers of ``host_params``, plus masked AdamW."""
+    """Every optimizer but ``FLATTEN`` on the flat buffers of ``host_params``, plus masked AdamW."""
     layout = optax_decay.flat_layout(host_params, mask=alternate_mask)
     flat_host = jax.tree.map(np.asarray, layout.ravel(host_params))
     flat_grads = layout.ravel(grads)
-    runners = {f"{opt} [flat]": Runner(tx, flat_host, flat_grads, steps) for opt, tx in txs.items()}
+    runners = {
+        f"{opt} [flat]": optimizer_runner(tx, flat_host, flat_grads, steps)
+        for opt, tx in txs.items()
+        if opt != FLATTEN
+    }
     masked = optax_decay.adamw(LEARNING_RATE, WEIGHT_DECAY_PAPER, mask=layout.mask)
-    runners["adamw [flat+mask]"] = Runner(masked, flat_host, flat_grads, steps)
+    runners["adamw [flat+mask]"] = optimizer_runner(masked, flat_host, flat_grads, steps)
     return runners
 
 
@@ -315,11 +241,11 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
 
     bar.set_postfix_str(f"{name}: trace")
     t0 = time.perf_counter()
-    copy = CopyRunner(n, args.steps)
+    copy = roofline_runner(n, args.steps)
     runners = {
-        opt: Runner(tx, host_params, grads, args.steps)
+        opt: optimizer_runner(tx, host_params, grads, args.steps)
         for opt, tx in txs.items()
-        if opt == REFERENCE or not args.no_tree
+        if opt in (REFERENCE, FLATTEN) or not args.no_tree
     }
     if not args.no_flat:
         runners.update(flat_runners(host_params, grads, txs, args.steps))
@@ -338,20 +264,7 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
     for runner in runners.values():
         runner.warmup()
 
-    copy_times: list[float] = []
-    times = {opt: {mode: [] for mode in MODES} for opt in runners}
-    for rep in range(args.repeats):
-        bar.set_postfix_str(f"{name}: repeat {rep + 1}/{args.repeats}")
-        copy_times.append(copy.time())
-        bar.update()
-        for opt, runner in runners.items():  # round robin: noise hits all alike
-            times[opt]["in_jit"].append(runner.time_in_jit())
-            bar.update()
-        for opt, runner in runners.items():
-            times[opt]["per_call"].append(runner.time_per_call())
-            bar.update()
-        copy_times.append(copy.time())
-        bar.update()
+    times, copy_times = time_round_robin(runners, args.repeats, bar, name, roofline=copy)
 
     copy_s = statistics.median(copy_times)
     bandwidth = 2 * 4 * n / copy_s
@@ -367,12 +280,13 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
     }
     records = []
     for opt, runner in runners.items():
-        finite = runner.finite()
+        finite = bool(_all_finite(runner.carry[0]))
+        bpp = bytes_per_param(runner)
         for mode in MODES:
             st = _stats(times[opt][mode])
             ref = statistics.median(times[REFERENCE][mode])
             ref_min = min(times[REFERENCE][mode])
-            bound = runner.bytes_per_param * n / bandwidth
+            bound = bpp * n / bandwidth
             records.append(
                 {
                     "tree": name,
@@ -383,7 +297,7 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
                     "n_leaves": n_leaves,
                     "steps": args.steps,
                     "repeats": args.repeats,
-                    "bytes_per_param": runner.bytes_per_param,
+                    "bytes_per_param": bpp,
                     "seconds_per_step": st,
                     "roofline_seconds_per_step": bound,
                     "x_roofline": st["median"] / bound,
@@ -444,79 +358,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "device_kind": jax.devices()[0].device_kind,
-    }
-    try:  # platform.processor() is often empty on Linux
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            cwd=Path(optax_decay.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def versions() -> dict:
-    import jaxlib
-
-    status = _git("status", "--porcelain", "--", ".")
-    return {
-        "python": sys.version.split()[0],
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "optax": optax.__version__,
-        "optax_decay": optax_decay.__version__,
-        "optax_decay_path": str(Path(optax_decay.__file__).parent),
-        # the measured package code: commit, and whether optax_decay/ had local edits
-        "optax_decay_commit": _git("rev-parse", "HEAD"),
-        "optax_decay_dirty": None if status is None else bool(status),
-        "numpy": np.__version__,
-    }
-
-
-def report_header(args: argparse.Namespace) -> dict:
-    """Machine, versions, date and arguments: what every results.json starts with."""
-    return {
-        "machine": machine_info(),
-        "versions": versions(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-    }
-
-
-def write_report(result: dict, md: str, out: Path, echo: bool = True) -> None:
-    """``results.json`` and ``results.md`` into ``out``; ``echo`` prints the markdown."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(md)
-    if echo:
-        print(md)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -555,8 +396,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--no-tree",
         action="store_true",
-        help=f"tree path for {REFERENCE} only, the reference of every ratio (compiling "
-        "2000-leaf loops for every optimizer takes minutes)",
+        help=f"tree path for {REFERENCE}, the reference of every ratio, and {FLATTEN}, "
+        "the peer of the flat path, only (compiling 2000-leaf loops for every optimizer "
+        "takes minutes)",
     )
     args = p.parse_args(argv)
     if args.scale is None:
@@ -572,7 +414,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.scale <= 0 or min(args.steps, args.repeats, args.gpt2_layers, args.many_leaves) < 1:
         p.error("--scale must be > 0; --steps, --repeats, --gpt2-layers, --many-leaves >= 1")
     if args.no_flat and args.no_tree:
-        p.error("--no-flat and --no-tree leave nothing but optax.adamw to time; drop one")
+        p.error(f"--no-flat and --no-tree leave nothing but {REFERENCE} and {FLATTEN}; drop one")
     return args
 
 
@@ -590,8 +432,8 @@ def main(argv=None) -> dict:
         "trees": {},
         "records": [],
     }
-    n_tree = 1 if args.no_tree else len(txs)
-    n_flat = 0 if args.no_flat else len(txs) + 1
+    n_tree = 2 if args.no_tree else len(txs)  # REFERENCE and FLATTEN
+    n_flat = 0 if args.no_flat else len(txs)  # all but FLATTEN, plus [flat+mask]
     per_tree = args.repeats * (2 * (n_tree + n_flat) + 2)
     with tqdm(
         total=per_tree * len(args.trees), disable=args.no_progress, file=sys.stderr, unit="run"

@@ -21,8 +21,9 @@ Each optimizer runs on two paths:
 Both use ``mask=optax_decay.weight_decay_mask`` semantics (kernels and
 embeddings decayed, biases and LayerNorm scales not) and the same batch. Times
 are in-jit (``K`` steps in one ``lax.fori_loop``, params and state donated)
-and per jit call from Python; every repeat runs every configuration once,
-round robin, and the medians are reported with the ratio flat / tree.
+and per jit call from Python, by ``harness.Runner`` as in ``step_benchmark.py``;
+every repeat runs every configuration once, round robin, and the medians are
+reported with the ratio flat / tree.
 
 Usage::
 
@@ -36,7 +37,6 @@ import argparse
 import itertools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -44,13 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from step_benchmark import report_header, write_report
+from harness import MODES, Runner, report_header, time_round_robin, write_report
 from tqdm.auto import tqdm
 
 import optax_decay
 
 MODELS = ("mlp", "transformer")
-MODES = ("in_jit", "per_call")
 
 
 def optimizers(mask) -> dict[str, optax.GradientTransformation]:
@@ -132,11 +131,16 @@ def make_problem(name: str, args):
 # --------------------------------------------------------------------------- steps
 
 
-def make_steps(graphdef, loss, tx, layout):
-    """``step(p, s, batch) -> (p, s, loss)`` on the tree (layout None) or flat path."""
+def make_runner(graphdef, params, loss, batch, tx, layout, steps) -> Runner:
+    """One (model, optimizer, path) on the tree (layout None) or flat path.
+
+    The carry is ``(params, state, loss at the last step)``, the data the batch.
+    """
     to_tree = (lambda p: p) if layout is None else layout.unravel
 
-    def step(p, s, batch):
+    def step(carry, batch):
+        p, s, _ = carry
+
         def objective(p):
             return loss(nnx.merge(graphdef, to_tree(p)), batch)
 
@@ -144,50 +148,9 @@ def make_steps(graphdef, loss, tx, layout):
         updates, s = tx.update(grads, s, p)
         return optax.apply_updates(p, updates), s, value
 
-    def many(p, s, batch, steps):
-        def body(_, carry):
-            p, s, _ = carry
-            # as in step_benchmark: keep XLA from hoisting batch-only work out of the loop
-            b, p = jax.lax.optimization_barrier((batch, p))
-            return step(p, s, b)
-
-        return jax.lax.fori_loop(0, steps, body, (p, s, jnp.zeros((), jnp.float32)))
-
-    return (
-        jax.jit(step, donate_argnums=(0, 1)),
-        jax.jit(many, donate_argnums=(0, 1), static_argnums=3),
-    )
-
-
-class Config:
-    """One (model, optimizer, path): its params, state and two compiled steps."""
-
-    def __init__(self, graphdef, params, loss, batch, tx, layout, steps):
-        self.p = params if layout is None else layout.ravel(params)
-        self.p = jax.tree.map(jnp.copy, self.p)
-        self.s = tx.init(self.p)
-        self.batch = batch
-        self.steps = steps
-        self.single, self.many = make_steps(graphdef, loss, tx, layout)
-        self.n_leaves = len(jax.tree.leaves(self.p))
-
-    def warmup(self):
-        self.p, self.s, _ = self.many(self.p, self.s, self.batch, self.steps)
-        self.p, self.s, _ = self.single(self.p, self.s, self.batch)
-        jax.block_until_ready(self.p)
-
-    def time_in_jit(self) -> float:
-        t0 = time.perf_counter()
-        self.p, self.s, self.value = self.many(self.p, self.s, self.batch, self.steps)
-        jax.block_until_ready((self.p, self.value))
-        return (time.perf_counter() - t0) / self.steps
-
-    def time_per_call(self) -> float:
-        t0 = time.perf_counter()
-        for _ in range(self.steps):
-            self.p, self.s, self.value = self.single(self.p, self.s, self.batch)
-        jax.block_until_ready((self.p, self.value))
-        return (time.perf_counter() - t0) / self.steps
+    p = params if layout is None else layout.ravel(params)
+    p = jax.tree.map(jnp.copy, p)  # fresh buffers per configuration, donated
+    return Runner(step, (p, tx.init(p), jnp.zeros((), jnp.float32)), batch, steps)
 
 
 def bench_model(name, args, bar) -> list[dict]:
@@ -198,24 +161,16 @@ def bench_model(name, args, bar) -> list[dict]:
     n_params = optax.tree.size(params)
     configs = {}
     for opt in args.optimizers:
-        configs[(opt, "tree")] = Config(
+        configs[(opt, "tree")] = make_runner(
             graphdef, params, loss, batch, optimizers(decay_mask)[opt], None, args.steps
         )
-        configs[(opt, "flat")] = Config(
+        configs[(opt, "flat")] = make_runner(
             graphdef, params, loss, batch, optimizers(layout.mask)[opt], layout, args.steps
         )
     for key, cfg in configs.items():
         bar.set_postfix_str(f"{name}: compile {'/'.join(key)}")
         cfg.warmup()
-    times = {key: {mode: [] for mode in MODES} for key in configs}
-    for rep in range(args.repeats):
-        bar.set_postfix_str(f"{name}: repeat {rep + 1}/{args.repeats}")
-        for key, cfg in configs.items():
-            times[key]["in_jit"].append(cfg.time_in_jit())
-            bar.update()
-        for key, cfg in configs.items():
-            times[key]["per_call"].append(cfg.time_per_call())
-            bar.update()
+    times, _ = time_round_robin(configs, args.repeats, bar, name)
     records = []
     for (opt, path), cfg in configs.items():
         for mode in MODES:
@@ -228,11 +183,11 @@ def bench_model(name, args, bar) -> list[dict]:
                     "path": path,
                     "mode": mode,
                     "n_params": n_params,
-                    "n_leaves": cfg.n_leaves,
+                    "n_leaves": len(jax.tree.leaves(cfg.carry[0])),
                     "seconds_per_step": median,
                     "seconds_all": times[(opt, path)][mode],
                     "x_tree": median / tree,
-                    "final_loss": float(cfg.value),  # loss at the last step timed
+                    "final_loss": float(cfg.carry[2]),  # loss at the last step timed
                 }
             )
     return records

@@ -1,10 +1,18 @@
-"""Smoke test of benchmarks/step_benchmark.py: --quick runs every optimizer on every tree."""
+"""Smoke tests of the benchmark scripts: --quick runs every optimizer on every tree or model."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import pytest
 from helpers import ROOT, load_script
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_on_path(monkeypatch):
+    # Both scripts import their sibling ``harness``, as ``python benchmarks/<script>.py`` can.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
 
 
 # Donation is a no-op where a backend cannot reuse a buffer; that warning (and only
@@ -24,9 +32,10 @@ def test_quick_benchmark_writes_every_record(tmp_path, capsys):
     for key in ("jax", "jaxlib", "optax", "python"):
         assert result["versions"][key]
 
+    assert bench.FLATTEN in optimizers  # the peer of the flat path, on the tree path only
     got = {(r["tree"], r["optimizer"], r["mode"]) for r in result["records"]}
-    names = optimizers | {f"{o} [flat]" for o in optimizers} | {"adamw [flat+mask]"}
-    want = {(t, o, m) for t in bench.TREES for o in names for m in bench.MODES}
+    flat = {f"{o} [flat]" for o in optimizers - {bench.FLATTEN}} | {"adamw [flat+mask]"}
+    want = {(t, o, m) for t in bench.TREES for o in optimizers | flat for m in bench.MODES}
     assert got == want
     assert len(result["records"]) == len(want)
     for r in result["records"]:
@@ -44,6 +53,7 @@ def test_quick_benchmark_writes_every_record(tmp_path, capsys):
 
     md = (tmp_path / "results.md").read_text()
     assert md in capsys.readouterr().out
+    assert md.count(f"| {bench.FLATTEN} | 28 |") == len(bench.TREES)
     for tree in bench.TREES:
         assert f"## {tree}" in md
     assert md.count("| optimizer | bytes/param |") == len(bench.TREES)
@@ -56,9 +66,9 @@ def test_no_tree_keeps_only_the_reference_on_the_tree_path(tmp_path):
     bench.main(args)
     result = json.loads((tmp_path / "results.json").read_text())
     tree_rows = {r["optimizer"] for r in result["records"] if r["path"] == "tree"}
-    assert tree_rows == {bench.REFERENCE}
+    assert tree_rows == {bench.REFERENCE, bench.FLATTEN}
     assert {r["optimizer"] for r in result["records"] if r["path"] == "flat"} == {
-        *(f"{o} [flat]" for o in bench.optimizers()),
+        *(f"{o} [flat]" for o in bench.optimizers() if o != bench.FLATTEN),
         "adamw [flat+mask]",
     }
     with pytest.raises(SystemExit):
@@ -73,15 +83,14 @@ def test_flat_runner_packs_the_whole_tree_in_one_buffer():
     runners = bench.flat_runners(host, grads, {"adamw": bench.optimizers()["adamw"]}, 1)
     n = sum(x.size for x in jax.tree.leaves(host))
     for runner in runners.values():
-        assert [x.shape for x in jax.tree.leaves(runner.params)] == [(n,)]
-        assert runner.bytes_per_param == pytest.approx(28.0)
+        assert [x.shape for x in jax.tree.leaves(runner.carry[0])] == [(n,)]
+        assert bench.bytes_per_param(runner) == pytest.approx(28.0)
     mask = jax.tree.leaves(bench.alternate_mask(host))
     assert mask == [i % 2 == 0 for i in range(len(mask))]
 
 
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable:UserWarning")
-def test_quick_train_step_benchmark(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports step_benchmark
+def test_quick_train_step_benchmark(tmp_path, capsys):
     bench = load_script("benchmarks/train_step_benchmark.py")
     result = bench.main(["--quick", "--no-progress", "--out", str(tmp_path)])
     got = {(r["model"], r["optimizer"], r["path"], r["mode"]) for r in result["records"]}
@@ -102,3 +111,39 @@ def test_quick_train_step_benchmark(tmp_path, capsys, monkeypatch):
         # Both paths ran the same number of identical steps from the same init.
         assert r["final_loss"] == pytest.approx(tree["final_loss"], rel=1e-4)
     assert (tmp_path / "results.md").read_text() in capsys.readouterr().out
+
+
+def test_both_scripts_time_with_the_one_harness():
+    import harness
+
+    step = load_script("benchmarks/step_benchmark.py")
+    train = load_script("benchmarks/train_step_benchmark.py")
+    for name in ("Runner", "time_round_robin", "report_header", "write_report", "MODES"):
+        assert getattr(step, name) is getattr(train, name) is getattr(harness, name)
+    shapes = step.scale_shapes(step.tree_shapes("one_leaf"), 1e-4)
+    host, grads = step.random_tree(shapes, 0, 0.02), step.random_tree(shapes, 1, 1e-3)
+    runners = [
+        step.optimizer_runner(step.optimizers()[step.FLATTEN], host, grads, 1),
+        step.roofline_runner(8, 1),
+        *step.flat_runners(host, grads, {"adamw": step.optimizers()["adamw"]}, 1).values(),
+    ]
+    assert all(type(r) is harness.Runner for r in runners)
+    args = train.parse_args(["--quick"])
+    model, loss, batch = train.make_problem("mlp", args)
+    graphdef, params = train.nnx.split(model, train.nnx.Param)
+    tx = train.optimizers(None)["adamw"]
+    assert type(train.make_runner(graphdef, params, loss, batch, tx, None, 1)) is harness.Runner
+
+
+@pytest.mark.parametrize("script", ["step_benchmark.py", "train_step_benchmark.py"])
+def test_scripts_run_from_anywhere(script, tmp_path):
+    # ``python benchmarks/<script>.py`` finds its sibling ``harness`` with no sys.path edits.
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--quick" in out.stdout
