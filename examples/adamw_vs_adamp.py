@@ -16,11 +16,11 @@ reach about the same best test accuracy, while AdamP ends at a smaller weight
 norm at its good settings: it regularizes more strongly.
 
 This script repeats that grid on Fashion-MNIST with a small CNN *without*
-BatchNorm (``nnx_models.make_model("cnn", batchnorm=False)``), so that the
+BatchNorm (``examples.models.make_model("cnn")``), so that the
 kernel norm matters for the function the network computes. Every grid point
 starts from the same initial weights, sees the same batches and uses the same
 cosine schedule ``eta_t``; each optimizer's 12 points train at once in one
-vmapped model (``grid_training.train_grid``). Only kernels are decayed, and the
+vmapped model (``examples.grid.train_grid``). Only kernels are decayed, and the
 reported weight norm is the L2 norm of exactly those kernels. The defaults
 (channels 8 and 16, 500 steps of batch 64, about half an epoch) are sized for a
 2-core CPU: one step of the vmapped 12-CNN grid costs more than 12 single-model steps.
@@ -47,15 +47,14 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-import matplotlib
 import matplotlib.ticker
 import numpy as np
-import reporting
-from grid_training import OPTIMIZERS, train_grid
-from nnx_models import make_model
-from reporting import UsageError
 
-matplotlib.use("Agg")
+from examples import cli, reporting
+from examples.cli import UsageError
+from examples.grid import train_grid
+from examples.models import make_model
+from examples.optimizers import METHODS
 
 SCRIPT = pathlib.Path(__file__).stem
 DEFAULT_STEPS = 500
@@ -69,7 +68,7 @@ QUICK_WIDTH = "4,8"
 
 
 def parse_args(argv: Sequence[str] | None):
-    parser = reporting.base_parser(
+    parser = cli.base_parser(
         __doc__, default_steps=DEFAULT_STEPS, quick_steps=QUICK_STEPS, out=f"out/{SCRIPT}"
     )
     parser.add_argument(
@@ -81,16 +80,16 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument(
         "--optimizers",
         default=DEFAULT_OPTIMIZERS,
-        help=f"comma-separated, the first is the reference; any of {', '.join(OPTIMIZERS)}",
+        help=f"comma-separated, the first is the reference; any of {', '.join(METHODS)}",
     )
     parser.add_argument(
         "--width",
         help=f"CNN channels per conv layer (default {DEFAULT_WIDTH}; --quick {QUICK_WIDTH})",
     )
     parser.set_defaults(batch_size=DEFAULT_BATCH_SIZE)
-    args = reporting.finish_args(parser.parse_args(argv))
-    args.learning_rates = reporting.parse_floats("--learning-rates", args.learning_rates)
-    args.weight_decays = reporting.parse_floats("--weight-decays", args.weight_decays)
+    args = cli.finish_args(parser.parse_args(argv))
+    args.learning_rates = cli.parse_floats("--learning-rates", args.learning_rates)
+    args.weight_decays = cli.parse_floats("--weight-decays", args.weight_decays)
     if any(lr == 0 for lr in args.learning_rates):
         raise UsageError("`--learning-rates` must be > 0")
     for flag, values in (
@@ -99,7 +98,7 @@ def parse_args(argv: Sequence[str] | None):
     ):
         if len(set(values)) != len(values):
             raise UsageError(f"`{flag}` lists a value twice: {','.join(map(str, values))}")
-    args.optimizers = reporting.parse_names("--optimizers", args.optimizers, OPTIMIZERS)
+    args.optimizers = cli.parse_names("--optimizers", args.optimizers, METHODS)
     channels = args.width or (QUICK_WIDTH if args.quick else DEFAULT_WIDTH)
     try:
         args.width = [int(c) for c in channels.replace(" ", "").split(",") if c]
@@ -409,7 +408,7 @@ def summary_text(args, records, comp, seconds: dict[str, float], train_size: int
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    data = reporting.load_data(args)
+    data = cli.load_data(args)
     lrs, wds = args.learning_rates, args.weight_decays
     grid = list(itertools.product(lrs, wds))
     hparams = {"learning_rate": [lr for lr, _ in grid], "weight_decay": [wd for _, wd in grid]}
@@ -420,7 +419,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "cnn",
             data.image_shape,
             data.num_classes,
-            batchnorm=False,
             seed=args.seed,
             width=channels,
         )
@@ -452,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     comp = comparison(records, args.optimizers)
     summary = summary_text(args, records, comp, seconds, len(data.x_train))
     reporting.write_outputs(
-        args.out, reporting.config_of(args), records, summary, extra={"comparison": comp}
+        args.out, cli.config_of(args), records, summary, extra={"comparison": comp}
     )
     figures = plot_grids(records, args.optimizers, lrs, wds, args.out)
     for r in records:
@@ -470,4 +468,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    reporting.run_cli(main)
+    cli.run_cli(main)

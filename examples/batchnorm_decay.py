@@ -38,7 +38,7 @@ hold where the norm reaches equilibrium (timescale about
 ``1/(2*eta_t*lambda)`` steps) faster than ``eta_t`` changes, so not at the end
 of the cosine schedule.
 
-The experiment trains ``nnx_models.make_model(--model, batchnorm=True)`` on
+The experiment trains ``examples.models.make_model(--model, norm="batch")`` on
 Fashion-MNIST with each of ``--optimizers``: one ``train_grid`` call per
 optimizer, whose members are the weight decays (same init, same batches).
 ``train_grid`` always applies the cosine schedule
@@ -96,22 +96,23 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import nnx_models
 import numpy as np
 from flax import nnx
-from grid_training import MOMENTUM, OPTIMIZERS, paper_equivalent, train_grid
-from reporting import (
+
+from examples import models, optimizers
+from examples.cli import (
     UsageError,
     base_parser,
     config_of,
     finish_args,
     load_data,
-    markdown_table,
     parse_floats,
     parse_names,
     run_cli,
-    write_outputs,
 )
+from examples.grid import train_grid
+from examples.optimizers import METHODS, MOMENTUM
+from examples.reporting import markdown_table, write_outputs
 
 DEFAULT_STEPS = 8000
 QUICK_STEPS = 600
@@ -119,7 +120,7 @@ DEFAULT_OPTIMIZERS = "sgdw,adamw"
 DEFAULT_DECAY_FOLDS = "0,2,10"
 QUICK_DECAY_FOLDS = "0,1,2"  # see the module docstring: BatchNorm's running averages
 MID_WINDOW = (0.45, 0.55)  # where the angular step is compared with the equilibrium
-SGD_LR = 0.05  # heavy-ball momentum 0.9 (grid_training.MOMENTUM)
+SGD_LR = 0.05  # heavy-ball momentum 0.9 (optimizers.MOMENTUM)
 ADAM_LR = 1e-3
 ADAM_B1 = 0.9  # optax_decay's default beta1
 DEFAULT_WIDTH = {"mlp": (256, 256), "cnn": (16, 32)}
@@ -134,27 +135,18 @@ FIGURE = "batchnorm.png"
 
 
 def learning_rate_of(optimizer: str, args) -> float:
-    return args.sgd_lr if optimizer.startswith("sgd") else args.adam_lr
+    return args.sgd_lr if METHODS[optimizer].family == "sgd" else args.adam_lr
 
 
 def momentum_of(optimizer: str) -> float:
-    return MOMENTUM if optimizer.startswith("sgd") else ADAM_B1
+    return MOMENTUM if METHODS[optimizer].family == "sgd" else ADAM_B1
 
 
-def from_paper(optimizer: str, lam_paper: float, lr: float) -> float:
-    """The paper-form per-step decay ``lam_paper`` in ``optimizer``'s own convention."""
-    if optimizer == "adamw_coupled":
-        return lam_paper / lr
-    if optimizer == "sgd_l2":
-        return lam_paper * (1 - MOMENTUM) / lr
-    # sgdw, adamw, prox_adam; adam_l2 and adamp have no conversion (their decay goes
-    # through Adam's denominator D), so they get the same number as adamw.
-    return lam_paper
-
-
-def cosine(t: np.ndarray, steps: int) -> np.ndarray:
-    """``eta_t = 0.5*(1 + cos(pi*t/steps))``, the schedule ``train_grid`` applies."""
-    return 0.5 * (1 + np.cos(np.pi * np.asarray(t, float) / steps))
+def eta_at(t: np.ndarray, steps: int) -> np.ndarray:
+    """``eta_t`` of ``optimizers.schedule(steps)``, the schedule ``train_grid`` applies, at the
+    step counts ``t``; evaluated in float64, so that the records hold the cosine exactly."""
+    with jax.enable_x64(True):
+        return np.asarray(optimizers.schedule(steps)(np.asarray(t, np.float64)))
 
 
 def equilibrium_angular_step(lam_paper: float, eta: np.ndarray, momentum: float) -> np.ndarray:
@@ -243,7 +235,7 @@ def parse_args(argv: Sequence[str] | None):
     parser = base_parser(
         __doc__, default_steps=DEFAULT_STEPS, quick_steps=QUICK_STEPS, out="out/batchnorm_decay"
     )
-    parser.add_argument("--model", choices=nnx_models.MODELS, default="mlp")
+    parser.add_argument("--model", choices=models.MODELS, default="mlp")
     parser.add_argument(
         "--width",
         help="hidden sizes, comma-separated (default mlp 256,256; cnn 16,32 channels)",
@@ -251,7 +243,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument(
         "--optimizers",
         default=DEFAULT_OPTIMIZERS,
-        help=f"comma-separated, from {', '.join(OPTIMIZERS)} (default {DEFAULT_OPTIMIZERS})",
+        help=f"comma-separated, from {', '.join(METHODS)} (default {DEFAULT_OPTIMIZERS})",
     )
     parser.add_argument(
         "--weight-decays",
@@ -274,7 +266,7 @@ def parse_args(argv: Sequence[str] | None):
         "--no-bn", action="store_true", help="the control: the same model without BatchNorm"
     )
     args = finish_args(parser.parse_args(argv))
-    args.optimizers = parse_names("--optimizers", args.optimizers, OPTIMIZERS)
+    args.optimizers = parse_names("--optimizers", args.optimizers, METHODS)
     if args.weight_decays is not None:
         args.weight_decays = parse_floats("--weight-decays", args.weight_decays)
     if args.decay_folds is None:
@@ -305,8 +297,12 @@ def parse_args(argv: Sequence[str] | None):
 def decays_of(optimizer: str, args) -> list[float]:
     if args.weight_decays is not None:
         return list(args.weight_decays)
-    lr = learning_rate_of(optimizer, args)
-    return [from_paper(optimizer, k / (0.5 * args.steps), lr) for k in args.decay_folds]
+    return [
+        optimizers.default_hparams(
+            optimizer, k / (0.5 * args.steps), sgd_lr=args.sgd_lr, adam_lr=args.adam_lr, own={}
+        )[1]
+        for k in args.decay_folds
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -316,11 +312,11 @@ def decays_of(optimizer: str, args) -> list[float]:
 
 def make_model(args, data) -> nnx.Module:
     """A fresh model of the run's architecture (``--model``, ``--width``, ``--no-bn``)."""
-    return nnx_models.make_model(
+    return models.make_model(
         args.model,
         data.image_shape,
         data.num_classes,
-        batchnorm=args.batchnorm,
+        norm="batch" if args.batchnorm else None,
         seed=args.seed,
         width=tuple(args.width),
     )
@@ -351,7 +347,7 @@ def run_optimizer(optimizer: str, args, data, layers: Sequence[int], scratch):
     )
     recorded = np.arange(1, len(next(iter(result.history.values()))) + 1) * args.track_every
     # Record i is the update number `recorded[i]`, made with eta at t = recorded[i] - 1.
-    eta = cosine(recorded - 1, args.steps)
+    eta = eta_at(recorded - 1, args.steps)
     history = {
         "steps": recorded.tolist(),
         "eta": eta.tolist(),
@@ -379,7 +375,7 @@ def run_optimizer(optimizer: str, args, data, layers: Sequence[int], scratch):
         tracked_layer=first,
     )
     for i, rec in enumerate(records):
-        lam_paper = paper_equivalent(optimizer, decays[i], lr)
+        lam_paper = optimizers.to_paper(optimizer, decays[i], lr)
         rec.update(
             paper_weight_decay=lam_paper,
             batch_stat_accuracy=batch_stat_accuracy(scratch, result.params, i, data)
@@ -423,12 +419,12 @@ def plot(history: dict, records: list[dict], args, path: pathlib.Path) -> None:
             row[1].plot(steps, eff[:, j], color=color, label=label)
             row[1].plot(steps, ang[:, j], color=color, linestyle="--", linewidth=1)
             row[2].plot(steps[shown], eff[shown, j] / eta[shown], color=color, label=label)
-            lam = paper_equivalent(name, wd, lr)
+            lam = optimizers.to_paper(name, wd, lr)
             if args.batchnorm and lam:
                 pred = equilibrium_angular_step(lam, eta, momentum_of(name))
                 row[1].plot(steps, pred, color=color, linestyle=":", linewidth=1)
         row[1].plot([], [], color="gray", linestyle="--", label="angular part")
-        if args.batchnorm and any(paper_equivalent(name, wd, lr) for wd in h["weight_decay"]):
+        if args.batchnorm and any(optimizers.to_paper(name, wd, lr) for wd in h["weight_decay"]):
             row[1].plot([], [], color="gray", linestyle=":", label="equilibrium angular step")
         row[0].set_ylabel(f"||w|| of {layer}")
         row[0].set_title(f"{name}: weight norm, {what} layer")

@@ -20,6 +20,7 @@ makes the three AdamW rows the same run written in two conventions.
 Run::
 
     python examples/demo.py                 # ~1000 steps per optimizer, well under a minute
+    python -m examples.demo                 # the same
     python examples/demo.py --quick         # a few steps, for tests
     python examples/demo.py --steps 3000 --seed 1 --out out/demo
 
@@ -28,244 +29,127 @@ It prints a markdown table and writes ``results.json`` and ``demo.png`` to ``--o
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import math
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import matplotlib
-import numpy as np
 import optax
 from flax import nnx
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 import optax_decay
+from examples import cli, data, models, optimizers
+from examples.reporting import markdown_table, write_json
 
 matplotlib.use("Agg")
 
 DEFAULT_STEPS = 1000
 QUICK_STEPS = 60
-SGD_LR = 0.05  # with heavy-ball momentum 0.9
-ADAM_LR = 3e-3
-MOMENTUM = 0.9
-
-# ------------------------------------------------------------------------------------------
-# Data and model
-# ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Data:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def load_data(seed: int = 0, test_size: float = 0.25) -> Data:
-    """The 1797 8x8 digits, pixels scaled to [0, 1], a stratified split fixed by ``seed``."""
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
-    )
-    return Data(x_train, y_train, x_test, y_test)
-
-
-class MLP(nnx.Module):
-    """64 -> 128 -> LayerNorm -> ReLU -> 10."""
-
-    def __init__(self, rngs: nnx.Rngs, d_in: int = 64, d_hidden: int = 128, d_out: int = 10):
-        self.hidden = nnx.Linear(d_in, d_hidden, rngs=rngs)
-        self.norm = nnx.LayerNorm(d_hidden, rngs=rngs)
-        self.out = nnx.Linear(d_hidden, d_out, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.out(jax.nn.relu(self.norm(self.hidden(x))))
-
-
-def loss_fn(model: MLP, x: jax.Array, y: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-
-@nnx.jit
-def train_step(
-    model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array, idx: jax.Array
-) -> jax.Array:
-    """One update on the batch ``x[idx], y[idx]`` (gathered inside the jitted step)."""
-    loss, grads = nnx.value_and_grad(loss_fn)(model, x[idx], y[idx])
-    optimizer.update(model, grads)
-    return loss
-
-
-@nnx.jit
-def accuracy(model: MLP, x: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.argmax(model(x), axis=-1) == y)
-
-
-def decayed_weight_norm(model: nnx.Module) -> float:
-    """L2 norm of the leaves that ``weight_decay_mask`` decays (the kernels)."""
-    params = nnx.as_pure(nnx.state(model, nnx.Param))
-    mask = optax_decay.weight_decay_mask(params)
-    leaves = [p for p, on in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if on]
-    return float(jnp.sqrt(sum(jnp.sum(jnp.square(p)) for p in leaves)))
-
-
-# ------------------------------------------------------------------------------------------
-# Optimizers
-# ------------------------------------------------------------------------------------------
-
-TxFactory = Callable[..., optax.GradientTransformation]
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the table: ``make(learning_rate, weight_decay, schedule, mask)``."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One row of the table: ``method`` (a key of ``optimizers.METHODS``, or ``"optax.adamw"``)
+    with its own learning rate and weight decay."""
 
     name: str
-    make: TxFactory
+    method: str
     learning_rate: float
     weight_decay: float
-    decoupled: bool  # decay applied outside the gradient: must shrink the weights
 
 
-def _optax_adamw(lr, wd, schedule, mask):
-    # Optax folds the schedule into the learning rate and decays by lr(t) * wd.
-    return optax.adamw(lambda t: lr * schedule(t), weight_decay=wd, mask=mask)
-
-
-FACTORIES: dict[str, TxFactory] = {
-    "sgd_l2": lambda lr, wd, s, m: optax_decay.sgd_l2(
-        lr, wd, momentum=MOMENTUM, schedule=s, mask=m
-    ),
-    "sgdw": lambda lr, wd, s, m: optax_decay.sgdw(lr, wd, momentum=MOMENTUM, schedule=s, mask=m),
-    "adam_l2": lambda lr, wd, s, m: optax_decay.adam_l2(lr, wd, schedule=s, mask=m),
-    "adamw": lambda lr, wd, s, m: optax_decay.adamw(lr, wd, schedule=s, mask=m),
-    "adamw(coupled=True)": lambda lr, wd, s, m: optax_decay.adamw(
-        lr, wd, coupled=True, schedule=s, mask=m
-    ),
-    "prox_adam": lambda lr, wd, s, m: optax_decay.prox_adam(lr, wd, schedule=s, mask=m),
-    "adamp": lambda lr, wd, s, m: optax_decay.adamp(lr, wd, schedule=s, mask=m),
-    "optax.adamw": _optax_adamw,
-}
-
-# Methods whose decay is not part of the gradient (and so not undone by the optimizer).
-DECOUPLED = ("sgdw", "adamw", "adamw(coupled=True)", "prox_adam", "adamp", "optax.adamw")
-
-
-def default_methods(steps: int) -> list[Method]:
+def default_runs(steps: int) -> list[Run]:
     """Every optimizer with a learning rate and weight decay that suit ``steps`` updates.
 
     The paper-convention ``lambda`` is ``1 / (eta_mean * tau)`` with a decay
     timescale ``tau = steps / 2`` iterations and ``eta_mean = 1/2`` the mean of
     the cosine schedule: the weights forget their initialization within the run.
     ``tau`` is at least 20 iterations, so that ``1 - eta_0 * lambda >= 0.9``.
+    The L2 penalties are in gradient units, independent of the run length; so is
+    AdamP's lambda, which is multiplied by the step size over Adam's denominator
+    (``optimizers.OWN_DECAYS``).
     """
     paper = optax_decay.weight_decay_from_timescale(max(steps, 40) / 2, schedule=0.5)
-    coupled = optax_decay.paper_to_coupled(paper, ADAM_LR)
-    # The L2 penalties are in gradient units, independent of the run length; so is
-    # AdamP's lambda, which is multiplied by the step size over Adam's denominator.
-    l2_sgd, l2_adam = 5e-3, 1e-3
-    adamp_wd = 1e-2
-    rows = [
-        ("sgd (no decay)", "sgdw", SGD_LR, 0.0),
-        ("sgd_l2", "sgd_l2", SGD_LR, l2_sgd),
-        ("sgdw", "sgdw", SGD_LR, paper),
-        ("adam (no decay)", "adamw", ADAM_LR, 0.0),
-        ("adam_l2", "adam_l2", ADAM_LR, l2_adam),
-        ("adamw", "adamw", ADAM_LR, paper),
-        ("adamw(coupled=True)", "adamw(coupled=True)", ADAM_LR, coupled),
-        ("prox_adam", "prox_adam", ADAM_LR, paper),
-        ("adamp", "adamp", ADAM_LR, adamp_wd),
-        ("optax.adamw", "optax.adamw", ADAM_LR, coupled),
-    ]
+
+    def run(name: str, method: str, decay: float = paper) -> Run:
+        return Run(name, method, *optimizers.default_hparams(method, decay))
+
+    coupled = run("adamw(coupled=True)", "adamw_coupled")
     return [
-        Method(name, FACTORIES[kind], lr, wd, decoupled=kind in DECOUPLED and wd > 0)
-        for name, kind, lr, wd in rows
+        run("sgd (no decay)", "sgdw", 0.0),
+        run("sgd_l2", "sgd_l2"),
+        run("sgdw", "sgdw"),
+        run("adam (no decay)", "adamw", 0.0),
+        run("adam_l2", "adam_l2"),
+        run("adamw", "adamw"),
+        coupled,
+        run("prox_adam", "prox_adam"),
+        run("adamp", "adamp"),
+        # optax.adamw decays by alpha(t) * lambda: the coupled convention.
+        dataclasses.replace(coupled, name="optax.adamw", method="optax.adamw"),
     ]
 
 
-# ------------------------------------------------------------------------------------------
-# Training
-# ------------------------------------------------------------------------------------------
-
-
-def batch_indices(num_examples: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
-    """``(steps, batch_size)`` indices: shuffled epochs, the same for every optimizer."""
-    rng = np.random.default_rng(seed)
-    per_epoch = num_examples // batch_size
-    epochs = -(-steps // per_epoch)
-    batches = [
-        rng.permutation(num_examples)[: per_epoch * batch_size].reshape(per_epoch, batch_size)
-        for _ in range(epochs)
-    ]
-    return np.concatenate(batches)[:steps]
+def make_tx(run: Run, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """``run``'s optimizer with the cosine ``schedule`` and the kernels-only decay mask."""
+    if run.method == "optax.adamw":
+        # Optax folds the schedule into the learning rate and decays by lr(t) * wd.
+        lr = run.learning_rate
+        return optax.adamw(
+            lambda t: lr * schedule(t),
+            weight_decay=run.weight_decay,
+            mask=optax_decay.weight_decay_mask,
+        )
+    return optimizers.make(run.method, run.learning_rate, run.weight_decay, schedule=schedule)
 
 
 def train(
-    method: Method,
-    data: Data,
+    run: Run,
+    digits: data.Dataset,
     *,
     steps: int,
     batch_size: int,
     seed: int,
     progress: tqdm | None = None,
 ) -> dict:
-    """Trains a fresh MLP with ``method``; returns its row of the results."""
+    """Trains a fresh MLP with ``run``'s optimizer; returns its row of the results."""
     start = time.perf_counter()
-    schedule = optax.cosine_decay_schedule(1.0, steps)
-    tx = method.make(
-        method.learning_rate, method.weight_decay, schedule, optax_decay.weight_decay_mask
-    )
-    model = MLP(nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    model = models.make_model("mlp", digits.image_shape, 10, norm="layer", width=(128,), seed=seed)
+    optimizer = nnx.Optimizer(model, make_tx(run, optimizers.schedule(steps)), wrt=nnx.Param)
+    x_train, y_train = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
     # cached_partial skips re-traversing the model and optimizer graph on every call.
-    step = nnx.cached_partial(train_step, model, optimizer)
+    step = nnx.cached_partial(models.train_step, model, optimizer)
     loss = jnp.nan
-    for idx in batch_indices(len(data.x_train), steps, batch_size, seed):
+    for idx in data.batch_indices(len(digits.x_train), steps, batch_size, seed):
         loss = step(x_train, y_train, idx)
         if progress is not None:
             progress.update(1)
-    test_acc = float(accuracy(model, jnp.asarray(data.x_test), jnp.asarray(data.y_test)))
-    train_acc = float(accuracy(model, x_train, y_train))
+    x_test, y_test = jnp.asarray(digits.x_test), jnp.asarray(digits.y_test)
     return {
-        "optimizer": method.name,
-        "learning_rate": method.learning_rate,
-        "weight_decay": method.weight_decay,
-        "test_accuracy": test_acc,
-        "train_accuracy": train_acc,
+        "optimizer": run.name,
+        "learning_rate": run.learning_rate,
+        "weight_decay": run.weight_decay,
+        "test_accuracy": float(models.accuracy(model, x_test, y_test)),
+        "train_accuracy": float(models.accuracy(model, x_train, y_train)),
         "final_loss": float(loss),
-        "weight_norm": decayed_weight_norm(model),
+        "weight_norm": float(models.decayed_norm(nnx.state(model, nnx.Param))),
         "seconds": time.perf_counter() - start,
     }
 
 
-# ------------------------------------------------------------------------------------------
-# Output
-# ------------------------------------------------------------------------------------------
-
-
-def markdown_table(results: Sequence[dict]) -> str:
-    lines = [
-        "| optimizer | learning rate | weight decay | test accuracy | weight norm | seconds |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['optimizer']} | {r['learning_rate']:g} | {r['weight_decay']:.3g} | "
-            f"{r['test_accuracy']:.4f} | {r['weight_norm']:.3f} | {r['seconds']:.1f} |"
-        )
-    return "\n".join(lines)
+TABLE = [
+    ("optimizer", "optimizer", "s"),
+    ("learning rate", "learning_rate", "g"),
+    ("weight decay", "weight_decay", ".3g"),
+    ("test accuracy", "test_accuracy", ".4f"),
+    ("weight norm", "weight_norm", ".3f"),
+    ("seconds", "seconds", ".1f"),
+]
 
 
 def plot(results: Sequence[dict], path: pathlib.Path) -> None:
@@ -286,13 +170,8 @@ def plot(results: Sequence[dict], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------
-# Entry point
-# ------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.Parser(__doc__)
     parser.add_argument("--seed", type=int, default=0, help="split, init and batch seed")
     parser.add_argument("--steps", type=int, default=None, help=f"default {DEFAULT_STEPS}")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -302,29 +181,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = QUICK_STEPS if args.quick else DEFAULT_STEPS
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be >= 1")
+    cli.check_positive(steps=args.steps, batch_size=args.batch_size)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    data = load_data(args.seed)
-    if args.batch_size > len(data.x_train):
-        raise SystemExit(f"--batch-size must be <= {len(data.x_train)} (the training set)")
-    methods = default_methods(args.steps)
+    digits = data.load_digits(args.seed)
+    cli.check_batch_size(args.batch_size, digits)
+    runs = default_runs(args.steps)
 
     results = []
     total = time.perf_counter()
     with tqdm(
-        total=len(methods) * args.steps, unit="step", disable=args.no_progress, file=sys.stderr
+        total=len(runs) * args.steps, unit="step", disable=args.no_progress, file=sys.stderr
     ) as bar:
-        for method in methods:
-            bar.set_description(f"{method.name:<20}")
+        for run in runs:
+            bar.set_description(f"{run.name:<20}")
             results.append(
                 train(
-                    method,
-                    data,
+                    run,
+                    digits,
                     steps=args.steps,
                     batch_size=args.batch_size,
                     seed=args.seed,
@@ -335,24 +212,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     print(
         f"\n{args.steps} steps of batch {args.batch_size} per optimizer, seed {args.seed}, "
-        f"{len(data.x_train)} train / {len(data.x_test)} test digits, "
+        f"{len(digits.x_train)} train / {len(digits.x_test)} test digits, "
         f"cosine schedule, decay mask: kernels only.\n"
     )
-    print(markdown_table(results))
+    print(markdown_table(results, TABLE, align="lrrrrr"))
     print(f"\nTotal {total:.1f} s.")
     for r in results:
         if not (0.0 <= r["test_accuracy"] <= 1.0 and math.isfinite(r["weight_norm"])):
             print(f"warning: {r['optimizer']} diverged", file=sys.stderr)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    config = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
-    (args.out / "results.json").write_text(
-        json.dumps({"config": config, "results": results}, indent=2) + "\n"
-    )
+    write_json(args.out / "results.json", {"config": cli.config_of(args), "results": results})
     plot(results, args.out / "demo.png")
     print(f"Wrote {args.out / 'results.json'} and {args.out / 'demo.png'}.")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_cli(main)

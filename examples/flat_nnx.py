@@ -29,15 +29,14 @@ The pattern, in short::
 Run::
 
     python examples/flat_nnx.py                 # digits, 1500 steps, about 30 s
+    python -m examples.flat_nnx                 # the same
     python examples/flat_nnx.py --quick         # a few steps, for tests
     python examples/flat_nnx.py --depth 8 --width 256 --steps 500
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import pathlib
 import sys
 import time
@@ -45,46 +44,24 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
 import optax_decay
-
-matplotlib.use("Agg")
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from fashion_data import DATASETS, DEFAULT_DIR, load  # noqa: E402
-from grid_training import batch_indices  # noqa: E402
-
-
-class MLP(nnx.Module):
-    """``depth`` blocks of Linear -> LayerNorm -> ReLU, then a Linear head: many small leaves."""
-
-    def __init__(self, d_in: int, width: int, depth: int, d_out: int, rngs: nnx.Rngs):
-        dims = [d_in] + [width] * depth
-        self.layers = nnx.List(
-            nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)
-        )
-        self.norms = nnx.List(nnx.LayerNorm(width, rngs=rngs) for _ in range(depth))
-        self.head = nnx.Linear(dims[-1], d_out, rngs=rngs)
-
-    def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
-        for layer, norm in zip(self.layers, self.norms, strict=True):
-            x = jax.nn.relu(norm(layer(x)))
-        return self.head(x)
-
-
-def cross_entropy(model, x, y):
-    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+from examples import cli, data, models, optimizers
+from examples.reporting import write_json
 
 
 def make_tx(args, mask):
-    schedule = optax.cosine_decay_schedule(1.0, args.steps)
-    return optax_decay.adamw(args.learning_rate, args.weight_decay, schedule=schedule, mask=mask)
+    return optimizers.make(
+        "adamw",
+        args.learning_rate,
+        args.weight_decay,
+        schedule=optimizers.schedule(args.steps),
+        mask=mask,
+    )
 
 
 # ------------------------------------------------------------------------------ flat path
@@ -100,7 +77,8 @@ def train_flat(model, args, x, y, batches, bar):
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(flat, opt_state, idx):
         def loss_fn(flat):
-            return cross_entropy(nnx.merge(graphdef, layout.unravel(flat), rest), x[idx], y[idx])
+            model = nnx.merge(graphdef, layout.unravel(flat), rest)
+            return models.cross_entropy(model, x[idx], y[idx])
 
         loss, grads = jax.value_and_grad(loss_fn)(flat)
         updates, opt_state = tx.update(grads, opt_state, flat)
@@ -120,16 +98,9 @@ def train_flat(model, args, x, y, batches, bar):
 # ------------------------------------------------------------------------------ tree path
 
 
-@nnx.jit
-def _tree_step(model, optimizer, x, y, idx):
-    loss, grads = nnx.value_and_grad(cross_entropy)(model, x[idx], y[idx])
-    optimizer.update(model, grads)
-    return loss
-
-
 def train_tree(model, args, x, y, batches, bar):
     optimizer = nnx.Optimizer(model, make_tx(args, optax_decay.weight_decay_mask), wrt=nnx.Param)
-    step = nnx.cached_partial(_tree_step, model, optimizer)
+    step = nnx.cached_partial(models.train_step, model, optimizer)
     losses, start = [], None
     for t, idx in enumerate(batches):
         losses.append(step(x, y, idx))
@@ -152,9 +123,9 @@ def _after_compile(t: int, loss: jax.Array) -> float | None:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=DATASETS, default="digits")
-    parser.add_argument("--data-dir", type=pathlib.Path, default=DEFAULT_DIR)
+    parser = cli.Parser(__doc__)
+    parser.add_argument("--dataset", choices=data.DATASETS, default="digits")
+    parser.add_argument("--data-dir", type=pathlib.Path, default=data.DEFAULT_DIR)
     parser.add_argument("--steps", type=int, help="default 1500; --quick 30")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--width", type=int, default=128)
@@ -167,23 +138,28 @@ def parse_args(argv):
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     args.steps = args.steps or (30 if args.quick else 1500)
-    if min(args.steps, args.batch_size, args.width, args.depth) < 1:
-        parser.error("--steps, --batch-size, --width and --depth must be >= 1")
+    cli.check_positive(
+        steps=args.steps, batch_size=args.batch_size, width=args.width, depth=args.depth
+    )
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    try:
-        data = load(args.dataset, args.data_dir, seed=args.seed)
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    batches = jnp.asarray(batch_indices(len(x), args.steps, args.batch_size, args.seed))
+    dataset = data.load(args.dataset, args.data_dir, seed=args.seed)
+    cli.check_batch_size(args.batch_size, dataset)
+    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    batches = jnp.asarray(data.batch_indices(len(x), args.steps, args.batch_size, args.seed))
 
     def new_model():
-        d_in = int(np.prod(data.image_shape))
-        return MLP(d_in, args.width, args.depth, data.num_classes, nnx.Rngs(args.seed))
+        return models.make_model(
+            "mlp",
+            dataset.image_shape,
+            dataset.num_classes,
+            norm="layer",
+            seed=args.seed,
+            width=(args.width,) * args.depth,
+        )
 
     with tqdm(total=2 * args.steps, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
         bar.set_description("flat")
@@ -197,13 +173,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         float(jnp.max(jnp.abs(a - b)))
         for a, b in zip(jax.tree.leaves(flat_params), jax.tree.leaves(tree_params), strict=True)
     )
-    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
 
     def accuracy(model):
-        return float(jnp.mean(jnp.argmax(model(x_test), -1) == y_test))
+        return float(models.accuracy(model, x_test, y_test))
 
     report = {
-        "config": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()},
+        "config": cli.config_of(args),
         "n_leaves": len(jax.tree.leaves(tree_params)),
         "n_params": layout.size,
         "buffers": layout.sizes,
@@ -232,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ax.legend()
     fig.savefig(args.out / "flat_nnx.png", dpi=110)
     plt.close(fig)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out / "results.json", report)
     print(f"Wrote {args.out / 'results.json'} and {args.out / 'flat_nnx.png'}.")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_cli(main)

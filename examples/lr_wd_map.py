@@ -19,7 +19,7 @@ The updates, with ``eta_t`` the cosine schedule (mean 1/2 over the run),
     prox_adam  w <- (w - eta_t alpha mhat/D) / (1 + eta_t lambda)
     adamp      w <- (w - eta_t alpha mhat/D) / (1 + eta_t lambda alpha/D)
 
-Each optimizer trains its whole grid at once (``grid_training.train_grid``: one
+Each optimizer trains its whole grid at once (``examples.grid.train_grid``: one
 vmapped model per grid point, same initial weights and batches). For each
 column ``lambda`` the best learning rate is ``argmax_alpha acc(alpha, lambda)``;
 the *decoupling number* is the spread of those best rates in decades,
@@ -81,23 +81,22 @@ import sys
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
-import nnx_models
 import numpy as np
-import optax
-from grid_training import MOMENTUM, OPTIMIZERS, paper_equivalent, train_grid
-from reporting import (
+
+from examples import models, optimizers
+from examples.cli import (
     UsageError,
     base_parser,
     config_of,
     finish_args,
-    heatmap,
     load_data,
-    markdown_table,
     parse_floats,
     parse_names,
     run_cli,
-    write_outputs,
 )
+from examples.grid import train_grid
+from examples.optimizers import METHODS, MOMENTUM
+from examples.reporting import heatmap, markdown_table, write_outputs
 
 DEFAULT_STEPS = 2000
 QUICK_STEPS = 150
@@ -138,7 +137,7 @@ QUICK_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
 
 DEFAULT_OPTIMIZERS = ("sgd_l2", "sgdw", "adam_l2", "adamw", "prox_adam", "adamp")
 # Paper-form decoupled decay: lambda * sum_t eta_t is the number of decay timescales.
-PAPER_FORM = ("sgdw", "adamw", "prox_adam")
+PAPER_FORM = tuple(n for n, m in METHODS.items() if m.convention == optimizers.PAPER)
 # The decay factor 1 - eta_t * lambda (times alpha when coupled) must stay > 0.
 LINEAR_DECAY = ("sgdw", "adamw", "adamw_coupled")
 # The pairs of the claim: (coupled L2 penalty, decoupled decay).
@@ -153,7 +152,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument(
         "--optimizers",
         default=",".join(DEFAULT_OPTIMIZERS),
-        help=f"comma-separated, from {', '.join(OPTIMIZERS)} (default: %(default)s)",
+        help=f"comma-separated, from {', '.join(METHODS)} (default: %(default)s)",
     )
     parser.add_argument(
         "--learning-rates",
@@ -184,7 +183,7 @@ def parse_args(argv: Sequence[str] | None):
 
 def grids_of(args) -> dict[str, dict[str, list[float]]]:
     """Each chosen optimizer's sorted ``learning_rate`` rows and ``weight_decay`` columns."""
-    names = parse_names("--optimizers", args.optimizers, OPTIMIZERS)
+    names = parse_names("--optimizers", args.optimizers, METHODS)
     lrs = wds = None
     if args.learning_rates is not None:
         lrs = parse_floats("--learning-rates", args.learning_rates)
@@ -210,7 +209,7 @@ def grids_of(args) -> dict[str, dict[str, list[float]]]:
 
 def decay_timescales(name: str, lr: float, wd: float, eta_sum: float) -> float | None:
     """How many e-folds the decay alone applies over the run, where a per-step rate is defined."""
-    rate = paper_equivalent(name, wd, lr)
+    rate = optimizers.to_paper(name, wd, lr)
     return None if rate is None else rate * eta_sum
 
 
@@ -442,11 +441,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     grids = grids_of(args)
     data = load_data(args)
-    schedule = optax.cosine_decay_schedule(1.0, args.steps)
-    eta_sum = float(np.sum(schedule(np.arange(args.steps))))
+    eta_sum = float(np.sum(optimizers.schedule(args.steps)(np.arange(args.steps))))
 
     def model_fn():
-        return nnx_models.make_model(
+        return models.make_model(
             "mlp", data.image_shape, data.num_classes, seed=args.seed, width=(args.hidden,)
         )
 

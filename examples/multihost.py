@@ -1,7 +1,8 @@
 """Multi-process (multi-host) training with JAX's own distributed runtime.
 
 Trains a few steps of a tiny two-layer MLP regression with one of the package's
-optimizers (``optax_decay.adamw`` by default) with the params **sharded across
+optimizers (``optax_decay.adamw`` by default; built by ``examples.optimizers``, which
+gives the SGD pair heavy-ball momentum 0.9) with the params **sharded across
 all devices of all processes**: one global ``jax.make_mesh`` over
 ``jax.devices()`` with a single axis ``"devices"``, every param and every batch
 sharded along its leading dimension on that axis (a leaf whose leading
@@ -66,14 +67,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-OPTIMIZERS = ("sgd_l2", "sgdw", "adam_l2", "adamw", "prox_adam", "adamp")
+# Imports JAX, but starts no backend: setup_runtime can still configure it.
+from examples import cli, optimizers
+
 AXIS = "devices"
 IN_DIM, HIDDEN, OUT_DIM = 16, 32, 8
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p = cli.Parser(__doc__)
+    p.add_argument("--optimizer", choices=optimizers.METHODS, default="adamw")
     p.add_argument("--learning-rate", type=float, default=1e-2)
     p.add_argument(
         "--weight-decay",
@@ -121,9 +124,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.num_processes > 1 and not args.auto_distributed and args.coordinator is None:
-        p.error("--coordinator is required with --num-processes > 1")
+        raise cli.UsageError("`--coordinator` is required with `--num-processes` > 1")
     if not 0 <= args.process_id < args.num_processes:
-        p.error("need 0 <= --process-id < --num-processes")
+        raise cli.UsageError("need 0 <= `--process-id` < `--num-processes`")
     return args
 
 
@@ -209,11 +212,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    import optax_decay
-
     n_dev = jax.device_count()
     if args.batch_size % n_dev:
-        raise SystemExit(f"--batch-size {args.batch_size} must be divisible by {n_dev} devices")
+        raise cli.UsageError(
+            f"`--batch-size` {args.batch_size} must be divisible by {n_dev} devices"
+        )
     is_main = jax.process_index() == 0
 
     def log(msg: str) -> None:
@@ -244,9 +247,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
         return jax.tree.map(put, tree)
 
-    tx = getattr(optax_decay, args.optimizer)(
-        args.learning_rate, args.weight_decay, mask=optax_decay.weight_decay_mask
-    )
+    tx = optimizers.make(args.optimizer, args.learning_rate, args.weight_decay)
 
     params = to_global(init_params(args.seed))
     param_sh = jax.tree.map(lambda x: x.sharding, params)
@@ -301,4 +302,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run_cli(main, sys.argv[1:])

@@ -84,26 +84,26 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
-from grid_training import OPTIMIZERS, batch_indices, decayed_norm, train_grid
-from nnx_models import make_model
-from reporting import (
+from tqdm.auto import tqdm
+
+import optax_decay
+from examples import optimizers
+from examples.cli import (
     UsageError,
     base_parser,
     config_of,
     finish_args,
-    heatmap,
     load_data,
-    markdown_table,
     parse_floats,
     parse_names,
     run_cli,
-    write_outputs,
 )
-from tqdm.auto import tqdm
-
-import optax_decay
+from examples.data import batch_indices
+from examples.grid import train_grid
+from examples.models import cross_entropy, decayed_norm, make_model
+from examples.optimizers import METHODS
+from examples.reporting import heatmap, markdown_table, write_outputs
 
 DEFAULT_STEPS = 3000
 QUICK_STEPS = 100
@@ -128,16 +128,8 @@ GRAD_BATCHES = 20
 def default_hparams(optimizer: str, steps: int) -> tuple[float, float]:
     """``(learning_rate, weight_decay)`` of ``optimizer`` for a run of ``steps`` updates."""
     paper = optax_decay.weight_decay_from_timescale(max(steps, 60) / TIMESCALES, schedule=0.5)
-    table = {
-        "sgd_l2": (SGD_LR, SGD_L2),
-        "sgdw": (SGD_LR, paper),
-        "adam_l2": (ADAM_LR, ADAM_L2),
-        "adamw": (ADAM_LR, paper),
-        "adamw_coupled": (ADAM_LR, optax_decay.paper_to_coupled(paper, ADAM_LR)),
-        "prox_adam": (ADAM_LR, paper),
-        "adamp": (ADAM_LR, ADAMP_WD),
-    }
-    return table[optimizer]
+    own = {"sgd_l2": SGD_L2, "adam_l2": ADAM_L2, "adamp": ADAMP_WD}
+    return optimizers.default_hparams(optimizer, paper, sgd_lr=SGD_LR, adam_lr=ADAM_LR, own=own)
 
 
 def leaf_name(path) -> str:
@@ -171,10 +163,7 @@ def member(params: Mapping, i: int) -> dict:
 
 @nnx.jit
 def _grad(model: nnx.Module, x: jax.Array, y: jax.Array) -> dict:
-    def loss(m):
-        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-
-    return nnx.to_pure_dict(nnx.grad(loss)(model))
+    return nnx.to_pure_dict(nnx.grad(cross_entropy)(model, x, y))
 
 
 def grad_rms(model: nnx.Module, data, *, batch_size: int, seed: int) -> np.ndarray:
@@ -331,6 +320,21 @@ COLUMNS = [
 ]
 
 
+VERDICT_COLUMNS = [
+    ("optimizer", "optimizer", "s"),
+    ("verdict", "verdict", "s"),
+    ("largest max rel diff", "worst", "s"),
+    ("round-off control (c = 1 + 2^-20)", "control", ".2e"),
+]
+
+
+def _verdict_row(records, name: str, verdict: str, controls: Mapping[str, float]) -> dict:
+    diffs = [r["max_rel_param_diff"] for r in records if r["optimizer"] == name]
+    worst = "diverged" if any(not math.isfinite(d) for d in diffs) else f"{max(diffs):.2e}"
+    control = controls.get(name, math.nan)
+    return {"optimizer": name, "verdict": verdict, "worst": worst, "control": control}
+
+
 def _number(value: float, fmt: str, diverged: bool) -> str:
     if not math.isfinite(value):
         return "diverged"
@@ -368,13 +372,11 @@ def summarize(records, verdict, shares, args, seconds, controls=None) -> str:
         "",
         markdown_table(rows, COLUMNS),
         "",
-        "| optimizer | verdict | largest max rel diff | round-off control (c = 1 + 2^-20) |",
-        "|---|---|---|---|",
+        markdown_table(
+            [_verdict_row(records, name, v, controls) for name, v in verdict.items()],
+            VERDICT_COLUMNS,
+        ),
     ]
-    for name, v in verdict.items():
-        diffs = [r["max_rel_param_diff"] for r in records if r["optimizer"] == name]
-        worst = "diverged" if any(not math.isfinite(d) for d in diffs) else f"{max(diffs):.2e}"
-        lines.append(f"| {name} | {v} | {worst} | {controls.get(name, math.nan):.2e} |")
 
     free = [n for n, v in verdict.items() if v == "scale-free"]
     roundoff = [n for n, v in verdict.items() if v == "scale-free up to round-off"]
@@ -441,7 +443,7 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument(
         "--optimizers",
         default=DEFAULT_OPTIMIZERS,
-        help=f"comma-separated, from {', '.join(OPTIMIZERS)}; default {DEFAULT_OPTIMIZERS}",
+        help=f"comma-separated, from {', '.join(METHODS)}; default {DEFAULT_OPTIMIZERS}",
     )
     parser.add_argument(
         "--scales",
@@ -461,7 +463,7 @@ def parse_args(argv: Sequence[str] | None):
         "--tolerance", type=float, default=TOLERANCE, help="scale-free if max rel diff < this"
     )
     args = finish_args(parser.parse_args(argv))
-    args.optimizers = parse_names("--optimizers", args.optimizers, OPTIMIZERS)
+    args.optimizers = parse_names("--optimizers", args.optimizers, METHODS)
     scales = parse_floats("--scales", args.scales)
     if any(c <= 0 for c in scales):
         raise UsageError(f"`--scales` must be > 0, got {args.scales!r}")

@@ -11,8 +11,9 @@ after the first step of a fresh run, keeping the newest ``--keep``. A run starte
 the newest *complete* checkpoint and ends with bit-identical params to a run
 that was never interrupted:
 
-* the batch of step ``t`` is a pure function of ``(seed, t)`` (one seeded
-  permutation per epoch), so a resumed run sees exactly the same batches;
+* the batch of step ``t`` is a pure function of ``(seed, t)`` (``data.batch_indices``:
+  shuffled epochs drawn from one generator seeded with ``seed``), so a resumed run
+  sees exactly the same batches;
 * Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
   ``<step>`` only once everything is written (the rename is the commit, on a
   local file system); ``CheckpointManager.latest_step()`` lists committed steps
@@ -46,16 +47,15 @@ Run::
 
     python examples/train.py --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
     # interrupt it (Ctrl-C, kill -9, preemption), then run the same command again
-    python examples/train.py --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
+    python -m examples.train --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
 
 The save/restore helpers (``make_manager``, ``save``, ``restore``,
-``restore_latest``) can be imported on their own.
+``restore_latest``) can be imported on their own (``from examples import train``).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import math
@@ -72,29 +72,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tensorstore as ts
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 import optax_decay
+from examples import cli, data, optimizers
 
-MOMENTUM = 0.9
-SGD_LR = 0.05
-ADAM_LR = 3e-3
-
-# name -> (factory(learning_rate, weight_decay, *, schedule, mask), default lr, default weight decay).
-# The paper-convention decays (sgdw, adamw, prox_adam) are per step: 1e-3 is a timescale of
-# ~1000 steps; the L2 penalties and AdamP's lambda are in gradient units.
-OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], float, float]] = {
-    "sgd_l2": (functools.partial(optax_decay.sgd_l2, momentum=MOMENTUM), SGD_LR, 5e-3),
-    "sgdw": (functools.partial(optax_decay.sgdw, momentum=MOMENTUM), SGD_LR, 1e-3),
-    "adam_l2": (optax_decay.adam_l2, ADAM_LR, 1e-3),
-    "adamw": (optax_decay.adamw, ADAM_LR, 1e-3),
-    "adamw_coupled": (functools.partial(optax_decay.adamw, coupled=True), ADAM_LR, 1e-3 / ADAM_LR),
-    "prox_adam": (optax_decay.prox_adam, ADAM_LR, 1e-3),
-    "adamp": (optax_decay.adamp, ADAM_LR, 1e-2),
-}
-
+PAPER_DECAY = 1e-3  # sgdw, adamw, prox_adam: a decay timescale of ~1000 steps (per step)
 MASKS = {"kernels": optax_decay.weight_decay_mask, "all": None}
 
 
@@ -106,12 +89,16 @@ def make_optimizer(
     mask: str = "kernels",
     steps: int,
 ) -> optax.GradientTransformation:
-    """``OPTIMIZERS[name]`` with a cosine schedule ``eta_t`` over ``steps`` and ``MASKS[mask]``."""
-    factory, lr, wd = OPTIMIZERS[name]
-    return factory(
+    """``optimizers.make(name)`` with a cosine schedule ``eta_t`` over ``steps`` and ``MASKS[mask]``.
+
+    ``None`` takes the default of ``optimizers.default_hparams(name, PAPER_DECAY)``.
+    """
+    lr, wd = optimizers.default_hparams(name, PAPER_DECAY)
+    return optimizers.make(
+        name,
         lr if learning_rate is None else learning_rate,
         wd if weight_decay is None else weight_decay,
-        schedule=optax.cosine_decay_schedule(1.0, steps),
+        schedule=optimizers.schedule(steps),
         mask=MASKS[mask],
     )
 
@@ -121,39 +108,9 @@ def make_optimizer(
 # ------------------------------------------------------------------------------------------
 
 
-class Data(NamedTuple):
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def load_data(seed: int) -> Data:
-    """The 1797 8x8 digits, pixels scaled to [0, 1], a stratified 75/25 split fixed by ``seed``."""
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=seed, stratify=y
-    )
-    return Data(x_train, y_train, x_test, y_test)
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
-
-
-def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
-    """The example indices of step ``step``: a pure function of ``(seed, step)``.
-
-    Each epoch is a permutation seeded by ``(seed, epoch)``, cut into full batches
-    (the remainder is dropped), so a run resumed at any step sees the same batches.
-    """
-    per_epoch = num_examples // batch_size
-    epoch, i = divmod(step, per_epoch)
-    perm = _epoch_permutation(seed, epoch, num_examples)
-    return perm[i * batch_size : (i + 1) * batch_size]
+def flat_images(images: np.ndarray) -> jax.Array:
+    """``(N, 8, 8, 1)`` digits as the ``(N, 64)`` inputs of the MLP."""
+    return jnp.asarray(images.reshape(len(images), -1))
 
 
 def init_params(seed: int, d_in: int = 64, d_hidden: int = 128, d_out: int = 10) -> dict:
@@ -683,8 +640,8 @@ def save_params(path: pathlib.Path, params: Any) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
+    parser = cli.Parser(__doc__)
+    parser.add_argument("--optimizer", choices=sorted(optimizers.METHODS), default="adamw")
     parser.add_argument("--learning-rate", type=float, default=None, help="default per optimizer")
     parser.add_argument("--weight-decay", type=float, default=None, help="default per optimizer")
     parser.add_argument(
@@ -712,9 +669,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sleep after each step: makes a run slow enough to interrupt, for tests",
     )
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or args.checkpoint_every < 1 or args.keep < 1:
-        parser.error("--steps, --batch-size, --checkpoint-every and --keep must be >= 1")
-    _, lr, wd = OPTIMIZERS[args.optimizer]
+    cli.check_positive(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        checkpoint_every=args.checkpoint_every,
+        keep=args.keep,
+    )
+    lr, wd = optimizers.default_hparams(args.optimizer, PAPER_DECAY)
     args.learning_rate = lr if args.learning_rate is None else args.learning_rate
     args.weight_decay = wd if args.weight_decay is None else args.weight_decay
     return args
@@ -764,9 +725,8 @@ def _check_loss(loss: jax.Array, step: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    data = load_data(args.seed)
-    if args.batch_size > len(data.x_train):
-        raise SystemExit(f"--batch-size must be <= {len(data.x_train)} (the training set)")
+    digits = data.load_digits(args.seed)
+    cli.check_batch_size(args.batch_size, digits)
     config = run_config(args)
     tx = make_optimizer(
         args.optimizer, args.learning_rate, args.weight_decay, mask=args.mask, steps=args.steps
@@ -784,7 +744,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             manager.close()
             raise
 
-    x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    x_train, y_train = flat_images(digits.x_train), jnp.asarray(digits.y_train)
+    batches = data.batch_indices(len(x_train), args.steps, args.batch_size, args.seed)
     train_step = make_train_step(tx)
     begin = time.perf_counter()
     try:
@@ -797,8 +758,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             desc=args.optimizer,
         ) as bar:
             for step in range(start, args.steps):
-                idx = batch_indices(args.seed, step, len(data.x_train), args.batch_size)
-                params, opt_state, loss = train_step(params, opt_state, x_train, y_train, idx)
+                params, opt_state, loss = train_step(
+                    params, opt_state, x_train, y_train, batches[step]
+                )
                 done = step + 1
                 if manager is not None and (done == args.steps or manager.should_save(done)):
                     _check_loss(loss, done)
@@ -828,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"(lower --learning-rate?){not_written}."
         )
     test_loss, test_acc = map(
-        float, evaluate(params, jnp.asarray(data.x_test), jnp.asarray(data.y_test))
+        float, evaluate(params, flat_images(digits.x_test), jnp.asarray(digits.y_test))
     )
     result = {
         **config,
@@ -851,12 +813,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (
-        CheckpointMismatchError,
-        UnreadableCheckpointError,
-        NoIntactCheckpointError,
-        NonFiniteError,
-    ) as err:
-        sys.exit(f"error: {err}")
+    cli.run_cli(
+        main,
+        failures=(
+            CheckpointMismatchError,
+            UnreadableCheckpointError,
+            NoIntactCheckpointError,
+            NonFiniteError,
+        ),
+    )

@@ -1,13 +1,14 @@
 """Test setup: 8 host CPU devices (before JAX starts its backend), x64.
 
+The examples are imported as ``from examples import ...``: pytest's ``pythonpath``
+(pyproject.toml) puts the repo root on ``sys.path``.
+
 ``@pytest.mark.x64`` (on a test, a ``pytest.param`` or a module's ``pytestmark``) is the one
 way a test runs in float64: the test, its fixtures and every hypothesis example run under
 ``jax.enable_x64(True)``; everything else runs in JAX's default float32.
 """
 
 import os
-import pathlib
-import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -15,9 +16,6 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
-
-# The experiment scripts import their sibling modules, and so do their tests.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 
 
 def pytest_configure(config):

@@ -38,9 +38,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from helpers import load_script
 
 import optax_decay
+from examples import optimizers, train
 
 TRAIN_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train.py"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax.checkpoint._src.path.atomicity_types.TMP_DIR_SUFFIX
@@ -53,11 +53,6 @@ RUN_ARGS += ["--seed", "0", "--keep", "3", "--no-progress"]
 TIMEOUT = 120  # seconds, for any one subprocess
 # examples/train.py's --optimizer choices: every package optimizer, adamw in both conventions.
 TRAIN_OPTIMIZERS = ("sgd_l2", "sgdw", "adam_l2", "adamw", "adamw_coupled", "prox_adam", "adamp")
-
-
-@pytest.fixture(scope="module")
-def train():
-    return load_script("examples/train.py")
 
 
 def _env():
@@ -214,7 +209,7 @@ def _cut_off(step_dir: pathlib.Path) -> pathlib.Path:
     return partial
 
 
-def test_checkpoint_cut_off_mid_write_is_never_loaded(tmp_path, reference, train, capsys):
+def test_checkpoint_cut_off_mid_write_is_never_loaded(tmp_path, reference, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(reference / "ckpt", ckpt)
     partial = _cut_off(ckpt / "60")
@@ -300,7 +295,7 @@ def _unreadable_line(ckpt: pathlib.Path, step: int, reason: str, then: str) -> s
 
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.lstrip("_"))
 def test_corrupt_newest_checkpoint_falls_back_to_older_step(
-    tmp_path, reference, train, capsys, monkeypatch, corrupt
+    tmp_path, reference, capsys, monkeypatch, corrupt
 ):
     """Reported in one line, resumed from step 55, trained to the end exactly as without it.
 
@@ -364,7 +359,7 @@ def test_no_intact_checkpoint_exits_with_the_reasons(tmp_path, reference):
     assert _committed(ckpt) == [50, 55, 60], "the checkpoints were touched"
 
 
-def test_non_finite_checkpoint_is_an_error(tmp_path, train, monkeypatch):
+def test_non_finite_checkpoint_is_an_error(tmp_path, monkeypatch):
     """A checkpoint holding NaN, with checksums that match (saved without the finiteness guard).
 
     ``main`` raises instead of training on it (``__main__`` turns the error into
@@ -430,7 +425,7 @@ def _updates(tx, params, state, steps, start=0):
 
 
 @pytest.fixture
-def adamw_checkpoint(tmp_path, train):
+def adamw_checkpoint(tmp_path):
     """A checkpoint of adamw with ``weight_decay_mask`` after 2 steps."""
     params = _params(jnp.float32)
     tx = optax_decay.adamw(1e-2, 1e-2, mask=optax_decay.weight_decay_mask)
@@ -448,7 +443,7 @@ def adamw_checkpoint(tmp_path, train):
         pytest.param(lambda: optax_decay.adam_l2(1e-2, 1e-2), id="adam_l2"),
     ],
 )
-def test_restore_into_other_optimizer_structure_raises(train, adamw_checkpoint, other):
+def test_restore_into_other_optimizer_structure_raises(adamw_checkpoint, other):
     params = _params(jnp.float32)
     tx = other()
     with train.make_manager(adamw_checkpoint) as manager:
@@ -470,7 +465,7 @@ def test_restore_into_other_optimizer_structure_raises(train, adamw_checkpoint, 
     assert "same mask" in str(e.value) and "new --checkpoint-dir" in str(e.value)
 
 
-def test_restore_into_other_params_dtype_raises(train, adamw_checkpoint):
+def test_restore_into_other_params_dtype_raises(adamw_checkpoint):
     """Orbax would cast float32 to bfloat16 silently."""
     params = _params(jnp.bfloat16)
     tx = optax_decay.adamw(1e-2, 1e-2, mask=optax_decay.weight_decay_mask)
@@ -479,7 +474,7 @@ def test_restore_into_other_params_dtype_raises(train, adamw_checkpoint):
             train.restore(manager, params, tx.init(params))
 
 
-def test_resume_with_other_optimizer_or_mask_raises(tmp_path, train):
+def test_resume_with_other_optimizer_or_mask_raises(tmp_path):
     ckpt = tmp_path / "ckpt"
     args = ["--steps", "4", "--checkpoint-every", "2", "--no-progress"]
     train.main([*args, "--optimizer", "adamw", "--checkpoint-dir", str(ckpt)])
@@ -499,13 +494,14 @@ def test_resume_with_other_optimizer_or_mask_raises(tmp_path, train):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", TRAIN_OPTIMIZERS)
-def test_round_trip_every_optimizer(tmp_path, train, name, dtype):
-    factory, _, _ = train.OPTIMIZERS[name]
+def test_round_trip_every_optimizer(tmp_path, name, dtype):
     schedule = optax.cosine_decay_schedule(1.0, 10)
     # eta_t * lambda ~ 0.05 per step (lambda * lr for the coupled form), well above bfloat16's
     # resolution, so the decay changes the params (no DecayPrecisionWarning).
     weight_decay = 5.0 if name == "adamw_coupled" else 0.05
-    tx = factory(1e-2, weight_decay, schedule=schedule, mask=optax_decay.weight_decay_mask)
+    tx = optimizers.make(
+        name, 1e-2, weight_decay, schedule=schedule, mask=optax_decay.weight_decay_mask
+    )
     params0 = _params(dtype)
     params, state = _updates(tx, params0, tx.init(params0), 3)
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params, params0)
@@ -528,9 +524,9 @@ def test_round_trip_every_optimizer(tmp_path, train, name, dtype):
     chex.assert_trees_all_equal(got, want, strict=True)
 
 
-def test_train_optimizers_are_the_package_optimizers(train):
-    assert set(train.OPTIMIZERS) == set(TRAIN_OPTIMIZERS)
-    for name, (factory, _, _) in train.OPTIMIZERS.items():
-        assert getattr(factory, "func", factory) is getattr(
-            optax_decay, name.removesuffix("_coupled")
-        )
+def test_train_optimizers_are_the_package_optimizers():
+    assert set(optimizers.METHODS) == set(TRAIN_OPTIMIZERS)
+    for name in TRAIN_OPTIMIZERS:  # train.py's --optimizer takes each of them
+        assert train.parse_args(["--optimizer", name]).optimizer == name
+        factory = optimizers.METHODS[name].factory
+        assert factory is getattr(optax_decay, name.removesuffix("_coupled"))

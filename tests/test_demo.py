@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
 
 import pytest
-from helpers import load_script
+
+from examples import data, demo
 
 OPTIMIZERS = (
     "sgd_l2",
@@ -24,12 +26,7 @@ DECOUPLED = ("sgdw", "adamw", "adamw(coupled=True)", "prox_adam", "adamp", "opta
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_script("examples/demo.py")
-
-
-@pytest.fixture(scope="module")
-def quick_run(demo, tmp_path_factory):
+def quick_run(tmp_path_factory):
     """One ``--quick`` run of the demo: its stdout, results.json and output folder."""
     out = tmp_path_factory.mktemp("demo")
     stdout = io.StringIO()
@@ -77,15 +74,15 @@ def test_adamw_conventions_agree(quick_run):
 
 
 @pytest.mark.parametrize("name", DECOUPLED)
-def test_decoupled_decay_shrinks_weights(demo, quick_run, name):
+def test_decoupled_decay_shrinks_weights(quick_run, name):
     """Each decoupled method with weight decay ends with a smaller weight norm than without."""
     config = quick_run["report"]["config"]
     decayed = _rows(quick_run)[name]
     assert decayed["weight_decay"] > 0
-    method = next(m for m in demo.default_methods(config["steps"]) if m.name == name)
+    run = next(r for r in demo.default_runs(config["steps"]) if r.name == name)
     undecayed = demo.train(
-        demo.Method(name, method.make, method.learning_rate, 0.0, decoupled=False),
-        demo.load_data(config["seed"]),
+        dataclasses.replace(run, weight_decay=0.0),
+        data.load_digits(config["seed"]),
         steps=config["steps"],
         batch_size=config["batch_size"],
         seed=config["seed"],

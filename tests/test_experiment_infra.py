@@ -1,23 +1,24 @@
-"""The experiments' shared parts: IDX loading, the vmapped grid trainer, CLI parsing."""
+"""The examples' shared modules (data, registry, vmapped grids, CLI) and every script's bad input."""
 
 from __future__ import annotations
 
 import gzip
+import importlib
 import pathlib
+import subprocess
+import sys
 
-import fashion_data
-import grid_training
 import jax
 import jax.numpy as jnp
-import nnx_models
 import numpy as np
 import optax
 import pytest
-import reporting
 from flax import nnx
-from helpers import load_script
 
 import optax_decay
+from examples import cli, data, grid, models, optimizers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------------
 # IDX files
@@ -39,7 +40,7 @@ def _write_fake(folder: pathlib.Path, n_train: int, n_test: int, gz: bool) -> di
         "x_test": rng.integers(0, 256, (n_test, 28, 28)),
         "y_test": rng.integers(0, 10, n_test),
     }
-    for key, stem in fashion_data.FILES.items():
+    for key, stem in data.FILES.items():
         raw = _idx_bytes(arrays[key])
         if gz:
             (folder / (stem + ".gz")).write_bytes(gzip.compress(raw))
@@ -51,19 +52,19 @@ def _write_fake(folder: pathlib.Path, n_train: int, n_test: int, gz: bool) -> di
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_loader_reads_what_was_written(tmp_path, gz):
     arrays = _write_fake(tmp_path, 12, 5, gz)
-    data = fashion_data.load_fashion_mnist(tmp_path)
-    assert data.x_train.shape == (12, 28, 28, 1) and data.x_train.dtype == np.float32
+    got = data.load_fashion_mnist(tmp_path)
+    assert got.x_train.shape == (12, 28, 28, 1) and got.x_train.dtype == np.float32
     np.testing.assert_array_equal(
-        data.x_train[..., 0], arrays["x_train"].astype(np.float32) / np.float32(255)
+        got.x_train[..., 0], arrays["x_train"].astype(np.float32) / np.float32(255)
     )
-    np.testing.assert_array_equal(data.y_test, arrays["y_test"])
-    assert data.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(got.y_test, arrays["y_test"])
+    assert got.image_shape == (28, 28, 1)
 
 
 def test_idx_subset_is_a_seeded_subset(tmp_path):
     arrays = _write_fake(tmp_path, 30, 5, True)
-    a = fashion_data.load_fashion_mnist(tmp_path, train_size=10, seed=3)
-    b = fashion_data.load_fashion_mnist(tmp_path, train_size=10, seed=3)
+    a = data.load_fashion_mnist(tmp_path, train_size=10, seed=3)
+    b = data.load_fashion_mnist(tmp_path, train_size=10, seed=3)
     assert len(a.x_train) == 10
     np.testing.assert_array_equal(a.x_train, b.x_train)
     rows = {
@@ -77,26 +78,27 @@ def test_truncated_idx_is_rejected(tmp_path):
     path = tmp_path / "bad"
     path.write_bytes(_idx_bytes(np.zeros((4, 3)))[:-2])
     with pytest.raises(ValueError, match="header says"):
-        fashion_data.read_idx(path)
+        data.read_idx(path)
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
-    with pytest.raises(fashion_data.DatasetMissingError) as err:
-        fashion_data.load_fashion_mnist(tmp_path)
+    with pytest.raises(data.DatasetMissingError) as err:
+        data.load_fashion_mnist(tmp_path)
     message = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
     assert str(tmp_path) in message
 
 
 @pytest.mark.skipif(
-    not (fashion_data.DEFAULT_DIR / "train-images-idx3-ubyte.gz").exists(),
+    not (data.DEFAULT_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_real_fashion_mnist():
-    data = fashion_data.load_fashion_mnist()
-    assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
-    assert data.num_classes == 10
-    np.testing.assert_array_equal(np.bincount(data.y_test), np.full(10, 1000))
+    fashion = data.load_fashion_mnist()
+    assert fashion.x_train.shape == (60000, 28, 28, 1)
+    assert fashion.x_test.shape == (10000, 28, 28, 1)
+    assert fashion.num_classes == 10
+    np.testing.assert_array_equal(np.bincount(fashion.y_test), np.full(10, 1000))
 
 
 # ------------------------------------------------------------------------------------------
@@ -104,19 +106,13 @@ def test_real_fashion_mnist():
 # ------------------------------------------------------------------------------------------
 
 
-def _single_run(optimizer, lr, wd, data, model_fn, steps, batch_size, seed, loss_scale=1.0):
+def _single_run(optimizer, lr, wd, digits, model_fn, steps, batch_size, seed, loss_scale=1.0):
     """The reference: one plain nnx.Optimizer with the hyperparameters passed directly."""
-    factory, fixed = grid_training.OPTIMIZERS[optimizer]
-    tx = factory(
-        lr,
-        wd,
-        schedule=optax.cosine_decay_schedule(1.0, steps),
-        mask=optax_decay.weight_decay_mask,
-        **fixed,
-    )
+    schedule = optax.cosine_decay_schedule(1.0, steps)
+    tx = optimizers.make(optimizer, lr, wd, schedule=schedule, mask=optax_decay.weight_decay_mask)
     model = model_fn()
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
 
     @nnx.jit
     def step(model, opt, idx):
@@ -129,34 +125,30 @@ def _single_run(optimizer, lr, wd, data, model_fn, steps, batch_size, seed, loss
         grads = nnx.grad(loss)(model)
         opt.update(model, grads)
 
-    for idx in grid_training.batch_indices(len(x), steps, batch_size, seed):
+    for idx in data.batch_indices(len(x), steps, batch_size, seed):
         step(model, opt, jnp.asarray(idx))
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "model", "batchnorm"),
-    [("adamw", "mlp", False), ("sgdw", "cnn", True), ("adamp", "mlp", True)],
+    ("optimizer", "model", "norm"),
+    [("adamw", "mlp", None), ("sgdw", "cnn", "batch"), ("adamp", "mlp", "batch")],
 )
-def test_grid_member_equals_its_single_run(optimizer, model, batchnorm):
-    data = fashion_data.load_digits()
+def test_grid_member_equals_its_single_run(optimizer, model, norm):
+    digits = data.load_digits()
     lrs, wds = [1e-3, 3e-3], [1e-2, 0.0]
     if optimizer == "sgdw":
         lrs = [0.05, 0.02]
 
     def model_fn():
-        return nnx_models.make_model(
-            model,
-            data.image_shape,
-            10,
-            batchnorm=batchnorm,
-            width=(8, 8) if model == "cnn" else (8,),
+        return models.make_model(
+            model, digits.image_shape, 10, norm=norm, width=(8, 8) if model == "cnn" else (8,)
         )
 
-    result = grid_training.train_grid(
+    result = grid.train_grid(
         optimizer,
         {"learning_rate": lrs, "weight_decay": wds},
-        data,
+        digits,
         model_fn,
         steps=12,
         batch_size=32,
@@ -164,9 +156,9 @@ def test_grid_member_equals_its_single_run(optimizer, model, batchnorm):
         progress=False,
     )
     for i, (lr, wd) in enumerate(zip(lrs, wds, strict=True)):
-        expected = _single_run(optimizer, lr, wd, data, model_fn, 12, 32, 1)
+        expected = _single_run(optimizer, lr, wd, digits, model_fn, 12, 32, 1)
         got = jax.tree.map(lambda a, i=i: a[i], result.params)
-        if batchnorm:
+        if norm == "batch":
             # A bias right before a BatchNorm has a zero gradient up to rounding, and
             # Adam's normalization turns that rounding noise into full-size steps.
             for layer in got["layers"]:
@@ -190,15 +182,15 @@ def test_grid_member_equals_its_single_run(optimizer, model, batchnorm):
 
 
 def test_loss_scale_member_equals_scaled_single_run():
-    data = fashion_data.load_digits()
+    digits = data.load_digits()
 
     def model_fn():
-        return nnx_models.make_model("mlp", data.image_shape, 10, width=(16,))
+        return models.make_model("mlp", digits.image_shape, 10, width=(16,))
 
-    result = grid_training.train_grid(
+    result = grid.train_grid(
         "adam_l2",
         {"learning_rate": [1e-3, 1e-3], "weight_decay": [1e-2, 1e-2]},
-        data,
+        digits,
         model_fn,
         steps=8,
         batch_size=32,
@@ -206,7 +198,7 @@ def test_loss_scale_member_equals_scaled_single_run():
         loss_scale=[1.0, 100.0],
         progress=False,
     )
-    expected = _single_run("adam_l2", 1e-3, 1e-2, data, model_fn, 8, 32, 0, loss_scale=100.0)
+    expected = _single_run("adam_l2", 1e-3, 1e-2, digits, model_fn, 8, 32, 0, loss_scale=100.0)
     got = jax.tree.map(lambda a: a[1], result.params)
     jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-5), got, expected)
     records = result.records(model="mlp")
@@ -218,50 +210,173 @@ def test_loss_scale_member_equals_scaled_single_run():
 
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
-        grid_training.train_grid(
+        grid.train_grid(
             "adamx", {"learning_rate": [1.0]}, None, None, steps=1, batch_size=1, seed=0
         )
 
 
+def test_batch_order_depends_on_the_seed_and_step_only():
+    long = data.batch_indices(100, 30, 16, seed=4)
+    assert long.shape == (30, 16)
+    np.testing.assert_array_equal(data.batch_indices(100, 7, 16, seed=4), long[:7])
+    assert not np.array_equal(data.batch_indices(100, 7, 16, seed=5), long[:7])
+    for epoch in range(5):  # 6 batches per epoch, each example at most once per epoch
+        rows = long[6 * epoch : 6 * (epoch + 1)].ravel()
+        assert len(set(rows.tolist())) == len(rows)
+
+
 # ------------------------------------------------------------------------------------------
-# CLI helpers
+# The optimizer registry: conventions and conversions
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sgd_l2", "sgdw", "adamw", "adamw_coupled", "prox_adam"])
+def test_to_paper_is_the_decay_per_step(name):
+    """With a zero loss gradient the weights shrink by about ``1 - to_paper`` per step."""
+    lr, paper, steps = 1e-2, 1e-3, 300
+    wd = optimizers.from_paper(name, paper, lr)
+    assert optimizers.to_paper(name, wd, lr) == pytest.approx(paper, rel=1e-12)
+    w = {"kernel": jnp.ones((2, 2))}
+    tx = optimizers.make(name, lr, wd, mask=None)
+
+    @jax.jit
+    def run(w):
+        def step(_, carry):
+            w, state = carry
+            updates, state = tx.update(jax.tree.map(jnp.zeros_like, w), state, w)
+            return optax.apply_updates(w, updates), state
+
+        return jax.lax.fori_loop(0, steps, step, (w, tx.init(w)))[0]
+
+    rate = -np.log(float(run(w)["kernel"][0, 0])) / steps
+    # sgd_l2: the momentum trace needs ~1/(1 - mu) = 10 steps to build the full decay.
+    assert rate == pytest.approx(paper, rel=0.05 if name == "sgd_l2" else 1e-3)
+
+
+def test_conversions_use_the_package_conventions():
+    lr = 3e-3
+    assert optimizers.to_paper("adamw_coupled", 2.0, lr) == optax_decay.coupled_to_paper(2.0, lr)
+    assert optimizers.from_paper("adamw_coupled", 1e-3, lr) == optax_decay.paper_to_coupled(
+        1e-3, lr
+    )
+    for name in ("adam_l2", "adamp"):  # their decay goes through Adam's denominator
+        assert optimizers.to_paper(name, 1e-3, lr) is None
+        assert optimizers.from_paper(name, 1e-3, lr) is None
+    # default_hparams: the method's own value wins, then the conversion, then paper itself.
+    assert optimizers.default_hparams("sgd_l2", 1e-3) == (0.05, 5e-3)
+    assert optimizers.default_hparams("adamw_coupled", 1e-3) == (lr, 1e-3 / lr)
+    assert optimizers.default_hparams("sgd_l2", 1e-3, own={}) == (0.05, 1e-3 * (1 - 0.9) / 0.05)
+    assert optimizers.default_hparams("adamp", 1e-3, own={}) == (lr, 1e-3)
+
+
+# ------------------------------------------------------------------------------------------
+# Command lines: bad input, exit codes, both ways of running a script
 # ------------------------------------------------------------------------------------------
 
 
 def test_parse_floats():
-    assert reporting.parse_floats("--x", "1e-3, 0.5,") == [1e-3, 0.5]
-    with pytest.raises(reporting.UsageError, match="`--x` is empty"):
-        reporting.parse_floats("--x", " , ")
-    with pytest.raises(reporting.UsageError, match="`--x`"):
-        reporting.parse_floats("--x", "1e-3,abc")
-    with pytest.raises(reporting.UsageError, match=">= 0"):
-        reporting.parse_floats("--x", "-1")
+    assert cli.parse_floats("--x", "1e-3, 0.5,") == [1e-3, 0.5]
+    with pytest.raises(cli.UsageError, match="`--x` is empty"):
+        cli.parse_floats("--x", " , ")
+    with pytest.raises(cli.UsageError, match="`--x`"):
+        cli.parse_floats("--x", "1e-3,abc")
+    with pytest.raises(cli.UsageError, match=">= 0"):
+        cli.parse_floats("--x", "-1")
 
 
 def test_parse_names():
-    assert reporting.parse_names("--o", "adamw,sgdw", ["adamw", "sgdw"]) == ["adamw", "sgdw"]
-    with pytest.raises(reporting.UsageError, match="unknown 'adamx'; choose from adamw"):
-        reporting.parse_names("--o", "adamx", ["adamw"])
+    assert cli.parse_names("--o", "adamw,sgdw", ["adamw", "sgdw"]) == ["adamw", "sgdw"]
+    with pytest.raises(cli.UsageError, match="unknown 'adamx'; choose from adamw"):
+        cli.parse_names("--o", "adamx", ["adamw"])
     # a repeated name counts once (a second run would overwrite the first's history)
-    assert reporting.parse_names("--o", "sgdw,adamw,sgdw", ["adamw", "sgdw"]) == ["sgdw", "adamw"]
+    assert cli.parse_names("--o", "sgdw,adamw,sgdw", ["adamw", "sgdw"]) == ["sgdw", "adamw"]
+
+
+def test_run_cli_exit_codes(capsys):
+    def bad_input(argv):
+        raise cli.UsageError("`--steps` must be >= 1")
+
+    def diverged(argv):
+        raise FloatingPointError("the training diverged")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(bad_input, [])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: `--steps` must be >= 1"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(diverged, [], failures=(FloatingPointError,))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: the training diverged"
+
+
+EXPERIMENTS = ("lr_wd_map", "adamw_vs_adamp", "scale_freeness", "batchnorm_decay")
+MISSING = ["--dataset", "fashion_mnist", "--data-dir", "{empty}"]
+BAD_INPUT = [
+    ("demo", ["--steps", "0"], "`--steps` must be >= 1, got 0"),
+    ("demo", ["--batch-size", "5000"], "`--batch-size` 5000 is larger than the training set"),
+    ("train", ["--checkpoint-every", "0"], "`--checkpoint-every` must be >= 1"),
+    ("train", ["--optimizer", "adamx"], "argument --optimizer: invalid choice: 'adamx'"),
+    ("multihost", ["--num-processes", "2"], "`--coordinator` is required"),
+    ("multihost", ["--process-id", "1"], "`--process-id`"),
+    ("flat_nnx", ["--depth", "0"], "`--depth` must be >= 1"),
+    ("flat_nnx", MISSING, "--data-dir"),
+    ("lr_wd_map", ["--optimizers", "adamw,rmsprop"], "`--optimizers`: unknown 'rmsprop'"),
+    ("lr_wd_map", ["--optimizers", ""], "`--optimizers`"),
+    ("lr_wd_map", ["--learning-rates", ""], "`--learning-rates`"),
+    ("lr_wd_map", ["--weight-decays", " , "], "`--weight-decays`"),
+    ("lr_wd_map", ["--learning-rates", "0,1e-3"], "`--learning-rates` must be > 0"),
+    ("lr_wd_map", ["--optimizers", "adamw", "--weight-decays", "2"], "`--weight-decays`"),
+    ("adamw_vs_adamp", ["--optimizers", "adamw_coupled,nope"], "`--optimizers`"),
+    ("adamw_vs_adamp", ["--optimizers", ","], "`--optimizers`"),
+    ("adamw_vs_adamp", ["--learning-rates", ""], "`--learning-rates`"),
+    ("adamw_vs_adamp", ["--weight-decays", " , "], "`--weight-decays`"),
+    ("adamw_vs_adamp", ["--learning-rates", "1e-3,abc"], "`--learning-rates`"),
+    ("adamw_vs_adamp", ["--width", "8,x"], "`--width`"),
+    ("adamw_vs_adamp", ["--weight-decays", "1e-3,1e-3"], "`--weight-decays` lists a value twice"),
+    ("scale_freeness", ["--optimizers", "adamw,nope"], "`--optimizers`"),
+    ("scale_freeness", ["--optimizers", ""], "`--optimizers`"),
+    ("scale_freeness", ["--scales", ""], "`--scales`"),
+    ("scale_freeness", ["--scales", "1,0"], "`--scales` must be > 0"),
+    ("scale_freeness", ["--width", "0"], "`--width`"),
+    ("batchnorm_decay", ["--optimizers", "sgdw,nope"], "`--optimizers`"),
+    ("batchnorm_decay", ["--optimizers", ""], "`--optimizers`"),
+    ("batchnorm_decay", ["--weight-decays", ""], "`--weight-decays`"),
+    ("batchnorm_decay", ["--weight-decays", "0,-1"], "`--weight-decays`"),
+    ("batchnorm_decay", ["--track-every", "0"], "`--track-every`"),
+    ("batchnorm_decay", ["--width", "a,b"], "`--width`"),
+    *[
+        (name, ["--train-size", "-3"], "`--train-size` must be >= 1, got -3")
+        for name in EXPERIMENTS
+    ],
+    *[(name, MISSING, "Fashion-MNIST not found in {empty}") for name in EXPERIMENTS],
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "expected"), BAD_INPUT)
+def test_bad_input_is_one_line(script, argv, expected, tmp_path, capsys):
+    """Every script: a bad flag, value or data folder is one ``error:`` line and exit status 2."""
+    empty, out = tmp_path / "empty", tmp_path / "out"
+    empty.mkdir()
+    module = importlib.import_module(f"examples.{script}")
+    argv = [a.format(empty=empty) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(module.main, [*argv, "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected.format(empty=empty) in err, err
+    assert "\n" not in err and "Traceback" not in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
-    "script", ["lr_wd_map", "adamw_vs_adamp", "scale_freeness", "batchnorm_decay"]
+    "command", [["-m", "examples.lr_wd_map"], [str(ROOT / "examples" / "lr_wd_map.py")]]
 )
-def test_every_experiment_rejects_a_train_size_below_one(script, tmp_path, capsys):
-    module = load_script(f"examples/{script}.py")
-    with pytest.raises(SystemExit) as exit_info:
-        reporting.run_cli(module.main, ["--quick", "--train-size", "-3", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
-    assert "`--train-size` must be >= 1, got -3" in capsys.readouterr().err
-
-
-def test_run_cli_turns_usage_errors_into_exit_2(capsys):
-    def main(argv):
-        raise reporting.UsageError("`--steps` must be >= 1")
-
-    with pytest.raises(SystemExit) as exit_info:
-        reporting.run_cli(main, [])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: `--steps` must be >= 1"
+def test_a_script_runs_as_module_and_as_file(command, tmp_path):
+    """From any folder: ``examples`` is importable without sys.path edits (examples/README.md)."""
+    proc = subprocess.run(
+        [sys.executable, *command, "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, (
+        f"{proc.stderr}\nscripts/venv.sh puts the repo root on the venv's sys.path with a .pth file"
+    )
+    assert "Learning rate x weight decay maps" in proc.stdout

@@ -2,12 +2,11 @@
 
 import json
 
-from helpers import load_script
+from examples import flat_nnx
 
 
 def test_flat_training_matches_tree_training(tmp_path, capsys):
-    script = load_script("examples/flat_nnx.py")
-    report = script.main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    report = flat_nnx.main(["--quick", "--no-progress", "--out", str(tmp_path)])
     # The same elementwise math on both paths: only round-off separates them.
     assert report["max_abs_param_difference"] < 1e-5
     assert report["flat"]["test_accuracy"] == report["tree"]["test_accuracy"]

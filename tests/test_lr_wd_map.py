@@ -9,23 +9,19 @@ import math
 
 import numpy as np
 import pytest
-from helpers import load_script
+
+from examples import lr_wd_map
 
 REQUIRED = ("optimizer", "learning_rate", "weight_decay", "test_accuracy", "weight_norm")
 DEFAULT_SIX = ("sgd_l2", "sgdw", "adam_l2", "adamw", "prox_adam", "adamp")
 
 
 @pytest.fixture(scope="module")
-def script():
-    return load_script("examples/lr_wd_map.py")
-
-
-@pytest.fixture(scope="module")
-def quick(script, tmp_path_factory):
+def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("lr_wd_map")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        returned = script.main(["--quick", "--no-progress", "--out", str(out)])
+        returned = lr_wd_map.main(["--quick", "--no-progress", "--out", str(out)])
     report = json.loads((out / "results.json").read_text())
     return {"out": out, "report": report, "returned": returned, "stdout": stdout.getvalue()}
 
@@ -99,7 +95,7 @@ def test_decoupling_numbers_recomputed_from_records(quick):
         assert 0 <= stats["spread_decades_good"] <= stats["spread_decades"] + 1e-12
 
 
-def test_decoupling_on_a_hand_made_map(script):
+def test_decoupling_on_a_hand_made_map():
     """A map worked out by hand, with a tie: rows are learning rates, columns weight decays."""
     lrs, wds = [1e-3, 1e-2, 1e-1], [0.0, 1e-4, 1e-3, 1e-2]
     acc = np.array(
@@ -109,7 +105,7 @@ def test_decoupling_on_a_hand_made_map(script):
             [0.75, 0.78, 0.50, 0.78],
         ]
     )
-    stats = script.decoupling(acc, lrs, wds, 0.065)
+    stats = lr_wd_map.decoupling(acc, lrs, wds, 0.065)
     assert stats["best_lr_per_wd"] == [1e-2, 1e-3, 1e-3, 1e-1]  # the tie goes to 1e-3
     assert stats["best_accuracy_per_wd"] == pytest.approx([0.80, 0.82, 0.86, 0.78])
     assert stats["spread_decades"] == pytest.approx(2.0)
@@ -120,10 +116,10 @@ def test_decoupling_on_a_hand_made_map(script):
     # threshold 0.86 - 0.065 = 0.795: the first three columns
     assert stats["good_weight_decays"] == [0.0, 1e-4, 1e-3]
     assert stats["spread_decades_good"] == pytest.approx(1.0)
-    narrow = script.decoupling(acc, lrs, wds, 0.05)  # threshold 0.81
+    narrow = lr_wd_map.decoupling(acc, lrs, wds, 0.05)  # threshold 0.81
     assert narrow["good_weight_decays"] == [1e-4, 1e-3]
     assert narrow["spread_decades_good"] == 0.0
-    wide = script.decoupling(acc, lrs, wds, 0.1)
+    wide = lr_wd_map.decoupling(acc, lrs, wds, 0.1)
     assert wide["good_weight_decays"] == wds
     assert wide["spread_decades_good"] == pytest.approx(2.0)
 
@@ -149,10 +145,10 @@ def test_summary_reports_the_spreads(quick):
         assert float(cells[4]) == pytest.approx(stats["spread_decades"], abs=0.05)
 
 
-def test_user_grid_applies_to_every_chosen_optimizer(script, tmp_path):
+def test_user_grid_applies_to_every_chosen_optimizer(tmp_path):
     out = tmp_path / "custom"
     with contextlib.redirect_stdout(io.StringIO()):
-        returned = script.main(
+        returned = lr_wd_map.main(
             [
                 "--quick",
                 "--no-progress",
@@ -173,36 +169,3 @@ def test_user_grid_applies_to_every_chosen_optimizer(script, tmp_path):
         assert grid == {"learning_rate": [1e-3, 1e-2], "weight_decay": [0.0, 1e-2]}
     assert len(returned["results"]) == 8
     assert (out / "best_lr.png").stat().st_size > 0
-
-
-@pytest.mark.parametrize(
-    ("argv", "flag"),
-    [
-        (["--optimizers", "adamw,rmsprop"], "--optimizers"),
-        (["--optimizers", ""], "--optimizers"),
-        (["--learning-rates", ""], "--learning-rates"),
-        (["--weight-decays", " , "], "--weight-decays"),
-        (["--learning-rates", "0,1e-3"], "--learning-rates"),
-        (["--optimizers", "adamw", "--weight-decays", "2"], "--weight-decays"),
-    ],
-)
-def test_bad_input_is_one_line(script, capsys, tmp_path, argv, flag):
-    with pytest.raises(SystemExit) as err:
-        script.run_cli(script.main, ["--quick", "--no-progress", "--out", str(tmp_path), *argv])
-    assert err.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert message.startswith("error:") and flag in message
-    assert "\n" not in message and "Traceback" not in message
-
-
-def test_missing_dataset(script, capsys, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    argv = ["--no-progress", "--dataset", "fashion_mnist", "--data-dir", str(empty)]
-    with pytest.raises(SystemExit) as err:
-        script.run_cli(script.main, [*argv, "--out", str(tmp_path / "out")])
-    assert err.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert message.startswith("error:") and "--data-dir" in message
-    assert "\n" not in message and "Traceback" not in message
-    assert not (tmp_path / "out" / "results.json").exists()

@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 import pytest
-from helpers import load_script
+
+from examples import multihost
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "multihost.py"
@@ -162,7 +163,6 @@ def _launch(
 def test_two_processes_match_one_process(tmp_path):
     if (reason := _gloo_missing_reason()) is not None:
         pytest.skip(reason)
-    example = load_script("examples/multihost.py")
     coordinator = f"127.0.0.1:{_free_port()}"
     two_out, one_out, nowd_out = (tmp_path / f"{n}.npz" for n in ("two", "one", "nowd"))
 
@@ -198,7 +198,7 @@ def test_two_processes_match_one_process(tmp_path):
         [[*COMMON, "--cpu-devices", "4", "--weight-decay", "0", "--out", str(nowd_out)]],
     )
 
-    init = example.flatten(example.init_params(0))
+    init = multihost.flatten(multihost.init_params(0))
     with np.load(two_out) as f:
         two = dict(f)
     with np.load(one_out) as f:

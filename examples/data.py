@@ -1,4 +1,4 @@
-"""Data for the experiments: Fashion-MNIST from local IDX files, and scikit-learn's digits.
+"""The examples' data: scikit-learn's digits, Fashion-MNIST from local IDX files, and batches.
 
 Nothing is downloaded. Fashion-MNIST comes from the Debian package
 ``dataset-fashion-mnist``, which puts the four gzipped IDX files in
@@ -8,7 +8,7 @@ any folder holding the same four files (gzipped or not) works through
 the quickest runs.
 
 Images come back as ``float32`` arrays of shape ``(N, H, W, 1)`` in ``[0, 1]``,
-labels as ``int32``.
+labels as ``int32``. :func:`batch_indices` is every script's batch order.
 """
 
 from __future__ import annotations
@@ -144,3 +144,17 @@ def load(
     if name == "digits":
         return load_digits(seed)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def batch_indices(num_examples: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
+    """``(steps, batch_size)`` indices of shuffled epochs (the remainder of each is dropped).
+
+    The epochs are drawn one after the other from one generator seeded with ``seed``, so the
+    batch of step ``t`` depends on ``seed`` and ``t`` only, whatever ``steps`` is: every run
+    with the same seed sees the same batches, and a resumed run the batches it missed.
+    """
+    rng = np.random.default_rng(seed)
+    per_epoch = num_examples // batch_size
+    epochs = -(-steps // per_epoch)
+    perms = [rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(epochs)]
+    return np.concatenate(perms).reshape(-1, batch_size)[:steps]

@@ -23,24 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from fashion_data import Dataset
 from flax import nnx
 from tqdm.auto import tqdm
 
-import optax_decay
-
-MOMENTUM = 0.9
-
-# name -> (factory, fixed keyword arguments). The SGD pair uses heavy-ball momentum.
-OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], dict]] = {
-    "sgd_l2": (optax_decay.sgd_l2, {"momentum": MOMENTUM}),
-    "sgdw": (optax_decay.sgdw, {"momentum": MOMENTUM}),
-    "adam_l2": (optax_decay.adam_l2, {}),
-    "adamw": (optax_decay.adamw, {}),
-    "adamw_coupled": (optax_decay.adamw, {"coupled": True}),
-    "prox_adam": (optax_decay.prox_adam, {}),
-    "adamp": (optax_decay.adamp, {}),
-}
+from examples import optimizers
+from examples.data import Dataset, batch_indices
+from examples.models import cross_entropy, decayed_norm
 
 Track = Callable[[nnx.State, nnx.State], Mapping[str, jax.Array]]
 
@@ -76,63 +64,13 @@ class GridResult:
         return out
 
 
-def paper_equivalent(optimizer: str, weight_decay: float, lr: float) -> float | None:
-    """The per-step decoupled decay (paper form) that ``weight_decay`` amounts to.
-
-    ``None`` for ``adam_l2`` and ``adamp``, whose decay goes through Adam's denominator.
-    ``sgd_l2``'s penalty step is multiplied by ``1/(1 - MOMENTUM)`` by the momentum trace.
-    """
-    if optimizer in ("sgdw", "adamw", "prox_adam"):
-        return weight_decay
-    if optimizer == "adamw_coupled":
-        return weight_decay * lr
-    if optimizer == "sgd_l2":
-        return weight_decay * lr / (1 - MOMENTUM)
-    return None
-
-
-def make_tx(
-    optimizer: str, schedule: optax.Schedule, options: Mapping | None = None
-) -> optax.GradientTransformation:
-    """``optimizer`` with injectable ``learning_rate`` and ``weight_decay`` (set by ``init_grid``).
-
-    ``options`` are further keyword arguments of the optimizer, e.g. ``eps``, or a
-    ``mask`` other than ``optax_decay.weight_decay_mask``.
-    """
-    factory, fixed = OPTIMIZERS[optimizer]
-    kwargs = {"mask": optax_decay.weight_decay_mask, **fixed, **(options or {})}
-    static = ("mask", *(k for k, v in kwargs.items() if isinstance(v, bool)))
-    inject = optax.inject_hyperparams(factory, static_args=static)
-    return inject(learning_rate=0.0, weight_decay=0.0, schedule=schedule, **kwargs)
-
-
-def batch_indices(num_examples: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
-    """``(steps, batch_size)`` indices of shuffled epochs, a function of ``seed`` only."""
-    rng = np.random.default_rng(seed)
-    per_epoch = num_examples // batch_size
-    epochs = -(-steps // per_epoch)
-    perms = [rng.permutation(num_examples)[: per_epoch * batch_size] for _ in range(epochs)]
-    return np.concatenate(perms).reshape(-1, batch_size)[:steps]
-
-
-def _loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-
-def decayed_norm(params) -> jax.Array:
-    """L2 norm of the leaves that ``optax_decay.weight_decay_mask`` decays (the kernels)."""
-    mask = optax_decay.weight_decay_mask(params)
-    on = jax.tree.leaves(mask)
-    return optax.tree.norm([p for p, m in zip(jax.tree.leaves(params), on, strict=True) if m])
-
-
 @functools.partial(nnx.jit, static_argnames="track")
 @functools.partial(nnx.vmap, in_axes=(0, 0, 0, None, None, None, None), out_axes=0)
 def _train_step(model, optimizer, loss_scale, x, y, idx, track):
     before = nnx.state(model, nnx.Param)
     if track is not None:
         before = jax.tree.map(jnp.copy, before)
-    loss, grads = nnx.value_and_grad(lambda m: loss_scale * _loss(m, x[idx], y[idx]))(model)
+    loss, grads = nnx.value_and_grad(lambda m: loss_scale * cross_entropy(m, x[idx], y[idx]))(model)
     optimizer.update(model, grads)
     metrics = {} if track is None else dict(track(before, nnx.state(model, nnx.Param)))
     return loss / loss_scale, metrics
@@ -158,7 +96,7 @@ def init_grid(
     options: Mapping | None = None,
 ) -> tuple[nnx.Module, nnx.Optimizer]:
     """``G`` copies of ``model_fn()`` and one optimizer each, ``G = len(learning_rate)``."""
-    tx = make_tx(optimizer, schedule, options)
+    tx = optimizers.make(optimizer, 0.0, 0.0, schedule=schedule, inject=True, **(options or {}))
 
     @nnx.jit
     @nnx.vmap(in_axes=0, out_axes=0)
@@ -198,10 +136,10 @@ def train_grid(
     options: Mapping | None = None,
     progress: bool = True,
 ) -> GridResult:
-    """Trains one model per grid point with a cosine schedule ``eta_t`` over ``steps``.
+    """Trains one model per grid point with the cosine schedule ``optimizers.schedule(steps)``.
 
     Args:
-      optimizer: a key of ``OPTIMIZERS``.
+      optimizer: a key of ``optimizers.METHODS``.
       hparams: ``learning_rate`` and ``weight_decay``, one value per grid point.
       data: train and test split.
       model_fn: builds a fresh model; called once inside ``nnx.vmap``.
@@ -213,13 +151,15 @@ def train_grid(
         members (e.g. ``{"eps": 1e-12}``).
       progress: show a tqdm bar.
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    if optimizer not in optimizers.METHODS:
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; choose from {', '.join(optimizers.METHODS)}"
+        )
     hp = {k: np.asarray(v, np.float64) for k, v in hparams.items()}
     size = len(next(iter(hp.values())))
     scale = np.ones(size) if loss_scale is None else np.asarray(loss_scale, np.float64)
     start = time.perf_counter()
-    schedule = optax.cosine_decay_schedule(1.0, steps)
+    schedule = optimizers.schedule(steps)
     model, opt = init_grid(optimizer, model_fn, hp, schedule, options)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     scale_j = jnp.asarray(scale, jnp.float32)

@@ -1,0 +1,142 @@
+"""The examples' optimizers: one registry that knows what each method's ``weight_decay`` means.
+
+Every script builds its optimizer with :func:`make`. The package's methods write the decay
+``lambda`` in four conventions (README, "Methods"), with ``alpha`` the learning rate,
+``eta_t`` the schedule and ``D_t`` Adam's denominator:
+
+- ``paper``: the weights shrink by ``eta_t*lambda`` per step (``sgdw``, ``adamw``, ``prox_adam``);
+- ``coupled``: by ``eta_t*alpha*lambda``, PyTorch's and ``optax.adamw``'s form (``adamw_coupled``);
+- ``l2``: the penalty ``(lambda/2)*||w||^2`` joins the loss (``sgd_l2``, ``adam_l2``). Through
+  SGD with momentum ``mu`` it shrinks the weights by ``eta_t*alpha*lambda/(1 - mu)`` per step;
+  through Adam it is divided by ``D_t``, and has no per-step equivalent;
+- ``adaptive``: by ``eta_t*alpha*lambda/D_t``, per coordinate (``adamp``): no equivalent either.
+
+:func:`to_paper` and :func:`from_paper` convert a method's own ``lambda`` to and from the paper
+form, with the package's ``coupled_to_paper`` and ``paper_to_coupled``; :func:`default_hparams`
+gives a method the learning rate and decay that a paper-form decay stands for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optax
+
+import optax_decay
+
+MOMENTUM = 0.9  # heavy-ball momentum of the SGD methods, in every example
+
+PAPER, COUPLED, L2, ADAPTIVE = "paper", "coupled", "l2", "adaptive"
+
+
+@dataclass(frozen=True)
+class Method:
+    factory: Callable[..., optax.GradientTransformation]  # the package's optimizer
+    convention: str  # of its weight_decay: PAPER, COUPLED, L2 or ADAPTIVE
+    family: str  # "sgd" (heavy-ball momentum) or "adam" (Adam's moments)
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments it always gets
+
+
+METHODS: dict[str, Method] = {
+    "sgd_l2": Method(optax_decay.sgd_l2, L2, "sgd", {"momentum": MOMENTUM}),
+    "sgdw": Method(optax_decay.sgdw, PAPER, "sgd", {"momentum": MOMENTUM}),
+    "adam_l2": Method(optax_decay.adam_l2, L2, "adam"),
+    "adamw": Method(optax_decay.adamw, PAPER, "adam"),
+    "adamw_coupled": Method(optax_decay.adamw, COUPLED, "adam", {"coupled": True}),
+    "prox_adam": Method(optax_decay.prox_adam, PAPER, "adam"),
+    "adamp": Method(optax_decay.adamp, ADAPTIVE, "adam"),
+}
+
+# The demo's and train.py's defaults on digits: learning rates, and the decays of the methods
+# whose lambda is not a per-step rate (gradient units for the L2 penalties; AdamP's is
+# multiplied by alpha/D_t).
+SGD_LR = 0.05
+ADAM_LR = 3e-3
+OWN_DECAYS = {"sgd_l2": 5e-3, "adam_l2": 1e-3, "adamp": 1e-2}
+
+
+def schedule(steps: int) -> optax.Schedule:
+    """``eta_t`` of every example: a cosine from 1 at ``t = 0`` to 0 at ``t = steps``."""
+    return optax.cosine_decay_schedule(1.0, steps)
+
+
+def make(
+    name: str,
+    learning_rate: float,
+    weight_decay: float,
+    *,
+    mask: Any = optax_decay.weight_decay_mask,
+    inject: bool = False,
+    **options: Any,
+) -> optax.GradientTransformation:
+    """``METHODS[name]`` with its fixed arguments, ``mask`` and ``options`` (``schedule``, ``eps``...).
+
+    ``inject=True`` wraps it in :func:`optax.inject_hyperparams`, so that the numbers
+    (``learning_rate``, ``weight_decay``, the schedule's value...) live in the optimizer state;
+    ``mask`` and the bool options are static.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(METHODS)}")
+    method = METHODS[name]
+    kwargs = {"mask": mask, **method.fixed, **options}
+    factory = method.factory
+    if inject:
+        static = ("mask", *(k for k, v in kwargs.items() if isinstance(v, bool)))
+        factory = optax.inject_hyperparams(factory, static_args=static)
+    return factory(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+
+
+def _momentum(method: Method) -> float:
+    return method.fixed.get("momentum") or 0.0
+
+
+def to_paper(name: str, weight_decay: float, learning_rate: float) -> float | None:
+    """The paper-form decay per step that ``name``'s ``weight_decay`` amounts to.
+
+    ``None`` for ``adam_l2`` and ``adamp``, whose decay goes through Adam's denominator.
+    ``sgd_l2``'s penalty step is multiplied by ``1/(1 - MOMENTUM)`` by the momentum trace.
+    """
+    method = METHODS[name]
+    if method.convention == PAPER:
+        return weight_decay
+    if method.convention == COUPLED:
+        return optax_decay.coupled_to_paper(weight_decay, learning_rate)
+    if method.convention == L2 and method.family == "sgd":
+        return optax_decay.coupled_to_paper(weight_decay, learning_rate) / (1 - _momentum(method))
+    return None
+
+
+def from_paper(name: str, paper: float, learning_rate: float) -> float | None:
+    """The paper-form decay per step ``paper`` in ``name``'s own convention (inverse of
+    :func:`to_paper`); ``None`` for ``adam_l2`` and ``adamp``."""
+    method = METHODS[name]
+    if method.convention == PAPER:
+        return paper
+    if method.convention == COUPLED:
+        return optax_decay.paper_to_coupled(paper, learning_rate)
+    if method.convention == L2 and method.family == "sgd":
+        return optax_decay.paper_to_coupled(paper * (1 - _momentum(method)), learning_rate)
+    return None
+
+
+def default_hparams(
+    name: str,
+    paper: float,
+    *,
+    sgd_lr: float = SGD_LR,
+    adam_lr: float = ADAM_LR,
+    own: Mapping[str, float] = OWN_DECAYS,
+) -> tuple[float, float]:
+    """``(learning_rate, weight_decay)`` of ``name`` for a run meant to decay like ``paper``.
+
+    The learning rate is ``sgd_lr`` or ``adam_lr`` by family. ``own`` holds decays in a
+    method's own convention, which win; otherwise ``paper`` is converted with
+    :func:`from_paper`, and a method with no conversion gets ``paper`` itself.
+    """
+    lr = sgd_lr if METHODS[name].family == "sgd" else adam_lr
+    if name in own:
+        return lr, own[name]
+    converted = from_paper(name, paper, lr)
+    return lr, paper if converted is None else converted
