@@ -82,15 +82,21 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def _run(tmp_path: pathlib.Path, name: str, *args: str) -> None:
-    """Runs examples/train.py to completion."""
+def _run(tmp_path: pathlib.Path, name: str, *args: str, expect: int = 0) -> str:
+    """Runs examples/train.py to its end; it must exit with status ``expect``. Returns its log.
+
+    A failing run (``expect != 0``) must also print no traceback.
+    """
     proc = _start(tmp_path, name, *args)
     try:
         rc = proc.wait(timeout=TIMEOUT)
     finally:
         _kill(proc)
     log = (tmp_path / f"{name}.log").read_text()
-    assert rc == 0, f"{name} exited with {rc}:\n{log}"
+    assert rc == expect, f"{name} exited with {rc}:\n{log}"
+    if expect:
+        assert "Traceback" not in log, log
+    return log
 
 
 def _committed(ckpt: pathlib.Path) -> list[int]:
@@ -330,19 +336,6 @@ def test_corrupt_newest_checkpoint_falls_back_to_older_step(
         assert train.restore(manager, params, tx.init(params)).step == 60
 
 
-def _run_failing(tmp_path: pathlib.Path, name: str, *args: str) -> str:
-    """Runs examples/train.py, which must exit with status 1 and no traceback; returns its log."""
-    proc = _start(tmp_path, name, *args)
-    try:
-        rc = proc.wait(timeout=TIMEOUT)
-    finally:
-        _kill(proc)
-    log = (tmp_path / f"{name}.log").read_text()
-    assert rc == 1, f"{name} exited with {rc}:\n{log}"
-    assert "Traceback" not in log, log
-    return log
-
-
 def test_no_intact_checkpoint_exits_with_the_reasons(tmp_path, reference):
     ckpt, out = tmp_path / "ckpt", tmp_path / "params.npz"
     shutil.copytree(reference / "ckpt", ckpt)
@@ -350,7 +343,7 @@ def test_no_intact_checkpoint_exits_with_the_reasons(tmp_path, reference):
     _empty_metadata(ckpt / "55")
     _empty_manifest(ckpt / "50")
 
-    log = _run_failing(tmp_path, "corrupt", "--checkpoint-dir", str(ckpt), "--out", str(out))
+    log = _run(tmp_path, "corrupt", "--checkpoint-dir", str(ckpt), "--out", str(out), expect=1)
 
     assert f"error: no intact checkpoint in {ckpt} to resume from:\n" in log
     for step, corrupt in ((60, _flip_bytes), (55, _empty_metadata), (50, _empty_manifest)):
@@ -386,7 +379,7 @@ def test_diverging_run_exits_non_zero_and_saves_no_nan(tmp_path):
     ckpt, out = tmp_path / "ckpt", tmp_path / "params.npz"
     args = ("--learning-rate", "1e30", "--steps", "20", "--checkpoint-dir", str(ckpt))
 
-    log = _run_failing(tmp_path, "diverging", *args, "--out", str(out))
+    log = _run(tmp_path, "diverging", *args, "--out", str(out), expect=1)
 
     assert re.search(r"error: the training diverged: the loss is (nan|-?inf) at step \d+", log), log
     assert not out.exists()
