@@ -94,7 +94,13 @@ def check_positive(**values: int | None) -> None:
 def base_parser(doc: str, *, default_steps: int, quick_steps: int, out: str) -> Parser:
     """The flags every experiment has; ``doc``'s first paragraph is the description."""
     parser = Parser(doc)
-    parser.add_argument("--seed", type=int, default=0, help="init, split and batch-order seed")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed (init, batch order)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help="number of seeds, trained at once as one more vmapped axis: "
+        "--seed, --seed+1, ...; default 3, --quick 2",
+    )
     parser.add_argument("--steps", type=int, help=f"default {default_steps}; --quick {quick_steps}")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--dataset", choices=DATASETS, help="default fashion_mnist; --quick digits")
@@ -115,7 +121,12 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
         args.steps = args._quick_steps if args.quick else args._default_steps
     if args.dataset is None:
         args.dataset = "digits" if args.quick else "fashion_mnist"
-    check_positive(steps=args.steps, batch_size=args.batch_size, train_size=args.train_size)
+    if args.seeds is None:
+        args.seeds = 2 if args.quick else 3
+    check_positive(
+        steps=args.steps, batch_size=args.batch_size, train_size=args.train_size, seeds=args.seeds
+    )
+    args.seed_list = list(range(args.seed, args.seed + args.seeds))
     return args
 
 

@@ -1,10 +1,12 @@
-"""Train a whole grid of hyperparameters at once: one vmapped Flax NNX model per setting.
+"""Train a whole grid of hyperparameters and seeds at once: one vmapped Flax NNX model each.
 
-Every member of a grid starts from the same initial weights and sees the same
-batches; only its hyperparameters differ. They live in the optimizer state
-through :func:`optax.inject_hyperparams`, so a single ``nnx.vmap``-ed
-``nnx.Optimizer(model, tx, wrt=nnx.Param)`` holds the whole grid and one jitted
-step updates all of it. The decay mask is ``optax_decay.weight_decay_mask``:
+A grid is every point of ``hparams`` times every seed of ``seeds``. The seed is one more
+member axis: it fixes a member's initial weights (``model_fn(seed)``) and its batch order
+(``data.batch_indices(..., seed)``), so members of one seed differ only in their
+hyperparameters, and three seeds run as one vmapped grid, not three runs. The
+hyperparameters live in the optimizer state through :func:`optax.inject_hyperparams`,
+so a single ``nnx.vmap``-ed ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` holds the whole
+grid and one jitted step updates all of it. The decay mask is ``optax_decay.weight_decay_mask``:
 kernels are decayed, biases and BatchNorm scales are not.
 
 ``loss_scale`` multiplies each member's training loss by its own constant ``c``
@@ -39,6 +41,7 @@ class GridResult:
 
     optimizer: str
     hparams: dict[str, np.ndarray]  # name -> (G,)
+    seed: np.ndarray  # (G,) the member's seed; member i is point i // S with seed i % S
     loss_scale: np.ndarray  # (G,)
     test_accuracy: np.ndarray  # (G,)
     train_loss: np.ndarray  # (G,) mean unscaled loss over the last tenth of the steps
@@ -47,11 +50,16 @@ class GridResult:
     history: dict[str, np.ndarray]  # name -> (steps // track_every, G, ...)
     seconds: float
 
+    def by_seed(self, values) -> np.ndarray:
+        """``values`` of shape ``(G, ...)`` as ``(P, S, ...)``: grid point x seed."""
+        values = np.asarray(values)
+        return values.reshape(-1, len(np.unique(self.seed)), *values.shape[1:])
+
     def records(self, **settings) -> list[dict]:
         """One ``results.json`` record per member, with ``settings`` added to each."""
         out = []
         for i in range(len(self.test_accuracy)):
-            rec = {"optimizer": self.optimizer}
+            rec = {"optimizer": self.optimizer, "seed": int(self.seed[i])}
             rec.update({k: float(v[i]) for k, v in self.hparams.items()})
             rec.update(
                 test_accuracy=float(self.test_accuracy[i]),
@@ -65,8 +73,9 @@ class GridResult:
 
 
 @functools.partial(nnx.jit, static_argnames="track")
-@functools.partial(nnx.vmap, in_axes=(0, 0, 0, None, None, None, None), out_axes=0)
-def _train_step(model, optimizer, loss_scale, x, y, idx, track):
+@functools.partial(nnx.vmap, in_axes=(0, 0, 0, 0, None, None, None, None), out_axes=0)
+def _train_step(model, optimizer, loss_scale, member_seed, x, y, batches, track):
+    idx = batches[member_seed]  # this member's batch: row ``member_seed`` of (S, B) indices
     before = nnx.state(model, nnx.Param)
     if track is not None:
         before = jax.tree.map(jnp.copy, before)
@@ -90,24 +99,25 @@ def _weight_norm(model):
 
 def init_grid(
     optimizer: str,
-    model_fn: Callable[[], nnx.Module],
+    model_fn: Callable[[jax.Array], nnx.Module],
     hparams: Mapping[str, np.ndarray],
+    seeds: np.ndarray,
     schedule: optax.Schedule,
     options: Mapping | None = None,
 ) -> tuple[nnx.Module, nnx.Optimizer]:
-    """``G`` copies of ``model_fn()`` and one optimizer each, ``G = len(learning_rate)``."""
+    """Member ``i``: ``model_fn(seeds[i])`` and its optimizer with ``hparams[...][i]``."""
     tx = optimizers.make(optimizer, 0.0, 0.0, schedule=schedule, inject=True, **(options or {}))
 
     @nnx.jit
     @nnx.vmap(in_axes=0, out_axes=0)
-    def create(hp):
-        model = model_fn()
+    def create(hp, seed):
+        model = model_fn(seed)
         opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
         for name, value in hp.items():
             opt.opt_state.hyperparams[name][...] = value
         return model, opt
 
-    return create({k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()})
+    return create({k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}, jnp.asarray(seeds))
 
 
 def evaluate(model: nnx.Module, data: Dataset, batch: int = 1000) -> np.ndarray:
@@ -125,25 +135,27 @@ def train_grid(
     optimizer: str,
     hparams: Mapping[str, Sequence[float]],
     data: Dataset,
-    model_fn: Callable[[], nnx.Module],
+    model_fn: Callable[[jax.Array], nnx.Module],
     *,
     steps: int,
     batch_size: int,
-    seed: int,
+    seeds: Sequence[int] = (0,),
     loss_scale: Sequence[float] | None = None,
     track: Track | None = None,
     track_every: int = 1,
     options: Mapping | None = None,
     progress: bool = True,
 ) -> GridResult:
-    """Trains one model per grid point with the cosine schedule ``optimizers.schedule(steps)``.
+    """Trains one model per grid point and seed, with the schedule ``optimizers.schedule(steps)``.
 
     Args:
       optimizer: a key of ``optimizers.METHODS``.
-      hparams: ``learning_rate`` and ``weight_decay``, one value per grid point.
+      hparams: ``learning_rate`` and ``weight_decay``, one value per grid point (``P``).
       data: train and test split.
-      model_fn: builds a fresh model; called once inside ``nnx.vmap``.
-      steps, batch_size, seed: the run; ``seed`` fixes the batch order.
+      model_fn: ``seed -> model``, called once inside ``nnx.vmap`` with a traced seed.
+      steps, batch_size: the run.
+      seeds: ``S`` seeds; the grid has ``G = P * S`` members, member ``i`` being point
+        ``i // S`` with seed ``seeds[i % S]`` (``reshape(P, S)`` gives point x seed).
       loss_scale: per grid point, the constant the training loss is multiplied by.
       track: ``(params_before, params_after) -> {name: array}``, recorded every
         ``track_every`` steps into ``GridResult.history``.
@@ -155,19 +167,25 @@ def train_grid(
         raise ValueError(
             f"unknown optimizer {optimizer!r}; choose from {', '.join(optimizers.METHODS)}"
         )
-    hp = {k: np.asarray(v, np.float64) for k, v in hparams.items()}
+    num_seeds = len(seeds)
+    hp = {k: np.repeat(np.asarray(v, np.float64), num_seeds) for k, v in hparams.items()}
     size = len(next(iter(hp.values())))
-    scale = np.ones(size) if loss_scale is None else np.asarray(loss_scale, np.float64)
+    scale = np.ones(size) if loss_scale is None else np.repeat(loss_scale, num_seeds)
+    member_seed = np.tile(np.arange(num_seeds), size // num_seeds)
     start = time.perf_counter()
     schedule = optimizers.schedule(steps)
-    model, opt = init_grid(optimizer, model_fn, hp, schedule, options)
+    model, opt = init_grid(
+        optimizer, model_fn, hp, np.asarray(seeds)[member_seed], schedule, options
+    )
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     scale_j = jnp.asarray(scale, jnp.float32)
+    member_j = jnp.asarray(member_seed)
     step = nnx.cached_partial(_train_step, model, opt)
+    batches = np.stack([batch_indices(len(x), steps, batch_size, s) for s in seeds], axis=1)
     losses, history = [], []
     tail = max(1, steps // 10)
     with tqdm(
-        batch_indices(len(x), steps, batch_size, seed),
+        batches,
         desc=f"{optimizer:<13}",
         unit="step",
         disable=not progress,
@@ -176,7 +194,7 @@ def train_grid(
     ) as bar:
         for t, idx in enumerate(bar):
             on = track is not None and (t + 1) % track_every == 0
-            loss, metrics = step(scale_j, x, y, jnp.asarray(idx), track if on else None)
+            loss, metrics = step(scale_j, member_j, x, y, jnp.asarray(idx), track if on else None)
             if t >= steps - tail:
                 losses.append(loss)
             if on:
@@ -185,7 +203,8 @@ def train_grid(
     return GridResult(
         optimizer=optimizer,
         hparams=hp,
-        loss_scale=scale,
+        seed=np.asarray(seeds)[member_seed],
+        loss_scale=np.asarray(scale, np.float64),
         test_accuracy=evaluate(model, data),
         train_loss=np.asarray(jnp.mean(jnp.stack(losses), axis=0)),
         weight_norm=np.asarray(_weight_norm(model)),

@@ -99,11 +99,11 @@ def make_model(
     num_classes: int,
     *,
     norm: str | None = None,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     width: tuple[int, ...] | None = None,
 ) -> nnx.Module:
     """``MLP`` or ``CNN`` by name, initialized from ``seed``; ``width`` overrides its sizes."""
-    rngs = nnx.Rngs(seed)
+    rngs = nnx.Rngs(jax.random.key(seed))  # a traced seed too (one per grid member)
     if kind == "mlp":
         return MLP(image_shape, num_classes, hidden=width or (256,), norm=norm, rngs=rngs)
     if kind == "cnn":

@@ -36,6 +36,28 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def spread(values, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation (``ddof=1``; 0 for one seed) over ``axis``."""
+    values = np.asarray(values, float)
+    ddof = 1 if values.shape[axis] > 1 else 0
+    return values.mean(axis), values.std(axis, ddof=ddof)
+
+
+def mean_pm(values, fmt: str = ".4f") -> str:
+    """``"0.8512 ± 0.0031"``: the mean and sample std of ``values`` (one number per seed)."""
+    mean, std = spread(values)
+    return f"{format(float(mean), fmt)} ± {format(float(std), fmt)}"
+
+
+def plot_seeds(ax, x, values, *, label: str, **style):
+    """``values[i, s]`` at ``x[i]``: every seed as a small marker, the mean +- std as error bars."""
+    values = np.asarray(values, float)
+    mean, std = spread(values)
+    line = ax.errorbar(x, mean, yerr=std, capsize=3, label=label, **style)
+    ax.plot(np.repeat(x, values.shape[1]), values.ravel(), ".", ms=3, color=line[0].get_color())
+    return line
+
+
 def write_json(path: pathlib.Path, payload: dict) -> None:
     """``payload`` as indented JSON, the folder created if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)

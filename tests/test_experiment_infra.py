@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 import optax_decay
-from examples import cli, data, grid, models, optimizers
+from examples import cli, data, grid, models, optimizers, reporting
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def _single_run(optimizer, lr, wd, digits, model_fn, steps, batch_size, seed, lo
     """The reference: one plain nnx.Optimizer with the hyperparameters passed directly."""
     schedule = optax.cosine_decay_schedule(1.0, steps)
     tx = optimizers.make(optimizer, lr, wd, schedule=schedule, mask=optax_decay.weight_decay_mask)
-    model = model_fn()
+    model = model_fn(seed)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
 
@@ -140,9 +140,14 @@ def test_grid_member_equals_its_single_run(optimizer, model, norm):
     if optimizer == "sgdw":
         lrs = [0.05, 0.02]
 
-    def model_fn():
+    def model_fn(seed):
         return models.make_model(
-            model, digits.image_shape, 10, norm=norm, width=(8, 8) if model == "cnn" else (8,)
+            model,
+            digits.image_shape,
+            10,
+            norm=norm,
+            width=(8, 8) if model == "cnn" else (8,),
+            seed=seed,
         )
 
     result = grid.train_grid(
@@ -152,11 +157,14 @@ def test_grid_member_equals_its_single_run(optimizer, model, norm):
         model_fn,
         steps=12,
         batch_size=32,
-        seed=1,
+        seeds=(1, 2),
         progress=False,
     )
-    for i, (lr, wd) in enumerate(zip(lrs, wds, strict=True)):
-        expected = _single_run(optimizer, lr, wd, digits, model_fn, 12, 32, 1)
+    # Member i is grid point i // 2 with seed (1, 2)[i % 2]: its own init and batch order.
+    np.testing.assert_array_equal(result.seed, [1, 2, 1, 2])
+    for i in range(4):
+        lr, wd, seed = lrs[i // 2], wds[i // 2], (1, 2)[i % 2]
+        expected = _single_run(optimizer, lr, wd, digits, model_fn, 12, 32, seed)
         got = jax.tree.map(lambda a, i=i: a[i], result.params)
         if norm == "batch":
             # A bias right before a BatchNorm has a zero gradient up to rounding, and
@@ -174,9 +182,10 @@ def test_grid_member_equals_its_single_run(optimizer, model, norm):
         for path, v in jax.tree_util.tree_leaves_with_path(result.params)
         if "kernel" in jax.tree_util.keystr(path)
     ]
-    norms = np.sqrt(sum(np.sum(np.square(k.reshape(len(lrs), -1)), axis=1) for k in kernels))
+    norms = np.sqrt(sum(np.sum(np.square(k.reshape(4, -1)), axis=1) for k in kernels))
     np.testing.assert_allclose(result.weight_norm, norms, rtol=1e-5)
-    assert result.test_accuracy.shape == (2,) and np.all(
+    assert result.by_seed(result.weight_norm).shape == (2, 2)
+    assert result.test_accuracy.shape == (4,) and np.all(
         (0 <= result.test_accuracy) & (result.test_accuracy <= 1)
     )
 
@@ -184,8 +193,8 @@ def test_grid_member_equals_its_single_run(optimizer, model, norm):
 def test_loss_scale_member_equals_scaled_single_run():
     digits = data.load_digits()
 
-    def model_fn():
-        return models.make_model("mlp", digits.image_shape, 10, width=(16,))
+    def model_fn(seed):
+        return models.make_model("mlp", digits.image_shape, 10, width=(16,), seed=seed)
 
     result = grid.train_grid(
         "adam_l2",
@@ -194,7 +203,6 @@ def test_loss_scale_member_equals_scaled_single_run():
         model_fn,
         steps=8,
         batch_size=32,
-        seed=0,
         loss_scale=[1.0, 100.0],
         progress=False,
     )
@@ -210,9 +218,7 @@ def test_loss_scale_member_equals_scaled_single_run():
 
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
-        grid.train_grid(
-            "adamx", {"learning_rate": [1.0]}, None, None, steps=1, batch_size=1, seed=0
-        )
+        grid.train_grid("adamx", {"learning_rate": [1.0]}, None, None, steps=1, batch_size=1)
 
 
 def test_batch_order_depends_on_the_seed_and_step_only():
@@ -380,3 +386,11 @@ def test_a_script_runs_as_module_and_as_file(command, tmp_path):
         f"{proc.stderr}\nscripts/venv.sh puts the repo root on the venv's sys.path with a .pth file"
     )
     assert "Learning rate x weight decay maps" in proc.stdout
+
+
+def test_seed_spread_is_mean_and_sample_std():
+    mean, std = reporting.spread([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]])
+    np.testing.assert_allclose(mean, [2.0, 4.0])
+    np.testing.assert_allclose(std, [1.0, 0.0])  # ddof=1: sqrt(((1-2)^2 + (3-2)^2) / 2)
+    assert reporting.spread([0.5])[1] == 0.0  # one seed: no spread, not nan
+    assert reporting.mean_pm([0.25, 0.75], ".2f") == "0.50 ± 0.35"
