@@ -13,8 +13,8 @@
 ``time_round_robin`` times a dict of runners: every repeat runs every runner
 once in-jit, then once per call, so that machine noise hits all alike.
 
-The scripts import this module as ``harness``: run as
-``python benchmarks/<script>.py``, the script's folder is on ``sys.path``.
+The scripts import it as ``benchmarks.harness``, like the examples import their shared
+modules (examples/README.md): the repo root is on the venv's ``sys.path``.
 """
 
 from __future__ import annotations

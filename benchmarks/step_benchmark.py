@@ -65,10 +65,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from harness import MODES, Runner, report_header, time_round_robin, write_report
 from tqdm.auto import tqdm
 
 import optax_decay
+from benchmarks.harness import MODES, Runner, report_header, time_round_robin, write_report
 
 TREES = ("one_leaf", "gpt2", "many_leaves")
 REFERENCE = "optax.adamw"

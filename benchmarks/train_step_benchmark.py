@@ -44,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from harness import MODES, Runner, report_header, time_round_robin, write_report
 from tqdm.auto import tqdm
 
 import optax_decay
+from benchmarks.harness import MODES, Runner, report_header, time_round_robin, write_report
 
 MODELS = ("mlp", "transformer")
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the whole test suite (unit, doctests, torch parity,
-# demo and benchmark smoke tests) plus the linter, the formatter check and the
-# type checker on the package. Arguments go to pytest.
+# Sets up .venv and runs the fast tier of the test suite (the package's tests and
+# doctests, torch parity, the shared example modules, the README's code) plus the
+# linter, the formatter check and the type checker. Arguments go to pytest:
+# `bash scripts/test.sh -m slow` runs the slow tier (the scripts end to end and the
+# notebooks), `-m ""` everything; tests/conftest.py says which tests are slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test
@@ -11,6 +13,6 @@ source scripts/venv.sh test
   echo "warning: torch==2.13.0 not installed; torch parity tests will be skipped"
 bash scripts/setup_data.sh
 .venv/bin/ruff check .
-.venv/bin/ruff format --check optax_decay
+.venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -m "not slow" "$@"

@@ -3,12 +3,19 @@
 The examples are imported as ``from examples import ...``: pytest's ``pythonpath``
 (pyproject.toml) puts the repo root on ``sys.path``.
 
+Two tiers. ``bash scripts/test.sh`` (the README's test command) runs ``-m "not slow"``:
+the package's tests, doctests and the checks of the shared example modules, in a few
+minutes. The tests that train or start processes, listed in ``SLOW`` (whole files) or
+marked ``@pytest.mark.slow``, and the notebooks form the slow tier: ``bash scripts/test.sh
+-m slow`` (a later ``-m`` wins), which ``.ci/run`` runs too.
+
 ``@pytest.mark.x64`` (on a test, a ``pytest.param`` or a module's ``pytestmark``) is the one
 way a test runs in float64: the test, its fixtures and every hypothesis example run under
 ``jax.enable_x64(True)``; everything else runs in JAX's default float32.
 """
 
 import os
+import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -18,8 +25,32 @@ import pytest  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 
+# Files whose every test belongs to the slow tier: end-to-end runs of the scripts
+# (training, checkpoints killed and resumed, several processes) and long float64 runs.
+SLOW = {
+    "test_checkpoint.py",
+    "test_multiprocess.py",
+    "test_long_run.py",
+    "test_lr_wd_map.py",
+    "test_adamw_vs_adamp.py",
+    "test_scale_freeness.py",
+    "test_batchnorm_decay.py",
+    "test_demo.py",
+    "test_flat_nnx.py",
+    "test_benchmark_smoke.py",
+}
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "x64: run the test under jax.enable_x64(True)")
+    config.addinivalue_line("markers", "slow: the slow tier (`bash scripts/test.sh -m slow`)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        path = pathlib.Path(str(item.fspath))
+        if path.name in SLOW or path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,6 @@ the math and not with itself.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,17 +21,6 @@ import optax
 import optax_decay as od
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(relpath: str):
-    """Imports a script of the repo (``examples/demo.py``, ...) as a module."""
-    path = ROOT / relpath
-    name = f"optax_decay_script_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up in sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---- The registry: every optimizer and transform the tests run, and what to expect of it.

@@ -6,20 +6,18 @@ import sys
 
 import jax
 import pytest
-from helpers import ROOT, load_script
+from helpers import ROOT
 
-
-@pytest.fixture(autouse=True)
-def _benchmarks_on_path(monkeypatch):
-    # Both scripts import their sibling ``harness``, as ``python benchmarks/<script>.py`` can.
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+from benchmarks import harness
+from benchmarks import step_benchmark as step_bench
+from benchmarks import train_step_benchmark as train_bench
 
 
 # Donation is a no-op where a backend cannot reuse a buffer; that warning (and only
 # it) is harmless for a benchmark.
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable:UserWarning")
 def test_quick_benchmark_writes_every_record(tmp_path, capsys):
-    bench = load_script("benchmarks/step_benchmark.py")
+    bench = step_bench
     bench.main(["--quick", "--no-progress", "--out", str(tmp_path)])
 
     result = json.loads((tmp_path / "results.json").read_text())
@@ -61,7 +59,7 @@ def test_quick_benchmark_writes_every_record(tmp_path, capsys):
 
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable:UserWarning")
 def test_no_tree_keeps_only_the_reference_on_the_tree_path(tmp_path):
-    bench = load_script("benchmarks/step_benchmark.py")
+    bench = step_bench
     args = ["--quick", "--no-progress", "--trees", "one_leaf", "--no-tree", "--out", str(tmp_path)]
     bench.main(args)
     result = json.loads((tmp_path / "results.json").read_text())
@@ -76,7 +74,7 @@ def test_no_tree_keeps_only_the_reference_on_the_tree_path(tmp_path):
 
 
 def test_flat_runner_packs_the_whole_tree_in_one_buffer():
-    bench = load_script("benchmarks/step_benchmark.py")
+    bench = step_bench
     shapes = bench.scale_shapes(bench.tree_shapes("gpt2", gpt2_layers=1), 0.001)
     host = bench.random_tree(shapes, 0, 0.02)
     grads = bench.random_tree(shapes, 1, 1e-3)
@@ -91,7 +89,7 @@ def test_flat_runner_packs_the_whole_tree_in_one_buffer():
 
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable:UserWarning")
 def test_quick_train_step_benchmark(tmp_path, capsys):
-    bench = load_script("benchmarks/train_step_benchmark.py")
+    bench = train_bench
     result = bench.main(["--quick", "--no-progress", "--out", str(tmp_path)])
     got = {(r["model"], r["optimizer"], r["path"], r["mode"]) for r in result["records"]}
     want = {
@@ -114,10 +112,7 @@ def test_quick_train_step_benchmark(tmp_path, capsys):
 
 
 def test_both_scripts_time_with_the_one_harness():
-    import harness
-
-    step = load_script("benchmarks/step_benchmark.py")
-    train = load_script("benchmarks/train_step_benchmark.py")
+    step, train = step_bench, train_bench
     for name in ("Runner", "time_round_robin", "report_header", "write_report", "MODES"):
         assert getattr(step, name) is getattr(train, name) is getattr(harness, name)
     shapes = step.scale_shapes(step.tree_shapes("one_leaf"), 1e-4)
@@ -137,7 +132,7 @@ def test_both_scripts_time_with_the_one_harness():
 
 @pytest.mark.parametrize("script", ["step_benchmark.py", "train_step_benchmark.py"])
 def test_scripts_run_from_anywhere(script, tmp_path):
-    # ``python benchmarks/<script>.py`` finds its sibling ``harness`` with no sys.path edits.
+    # ``python benchmarks/<script>.py`` finds ``benchmarks.harness`` with no sys.path edits.
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--help"],
         cwd=tmp_path,

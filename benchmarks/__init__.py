@@ -1,0 +1,1 @@
+"""Benchmark scripts and their shared timing harness (``python -m benchmarks.<script>``)."""
