@@ -1,37 +1,15 @@
-"""Flax NNX training on flat buffers: ``optax_decay.flat_layout`` in a real train step.
+"""Flax NNX training on flat buffers (``optax_decay.flat_layout``), next to the tree path.
 
-The model's ``nnx.Param`` state is packed into one 1-D buffer per dtype; the
-optimizer (``optax_decay.adamw`` here, any optimizer of the package works) and
-its Adam moments live on those buffers, so each step runs a handful of fused
-loops instead of several per leaf. The loss unravels the buffer back into the
-state pytree, so ``jax.grad`` returns flat gradients directly. The decay mask
-(``weight_decay_mask``: kernels yes, biases and norm scales no) becomes
-``layout.mask``, an iota compare, because the layout stores the decayed leaves
-first.
+The model's ``nnx.Param`` state is packed into one 1-D buffer per dtype, the decayed leaves
+(kernels) first, so the decay mask is ``layout.mask``; ``adamw`` and its moments live on the
+buffers, and the loss unravels them, so gradients come out flat: a few fused loops per step
+instead of several per leaf. The same model is also trained with ``nnx.Optimizer`` on the tree.
+Printed and written to ``--out`` (``results.json``, ``flat_nnx.png``): ``max |flat - tree|``
+over the final params (round-off only), each path's time per step after compiling, the test
+accuracies and both loss curves.
 
-The same model is also trained on the usual tree path with
-``nnx.Optimizer(model, tx, wrt=nnx.Param)``; the script prints the largest
-difference between the two final models (round-off only: both run the same
-elementwise math) and the time per step of each, and plots both loss curves.
-
-The pattern, in short::
-
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    layout = optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
-    flat = layout.ravel(params)
-    tx = optax_decay.adamw(lr, wd, mask=layout.mask)
-    opt_state = tx.init(flat)
-
-    def loss_fn(flat, rest, x, y):
-        model = nnx.merge(graphdef, layout.unravel(flat), rest)
-        ...
-
-Run::
-
-    python examples/flat_nnx.py                 # digits, 1500 steps, about 30 s
-    python -m examples.flat_nnx                 # the same
-    python examples/flat_nnx.py --quick         # a few steps, for tests
-    python examples/flat_nnx.py --depth 8 --width 256 --steps 500
+Run ``python examples/flat_nnx.py`` (digits, 1500 steps), ``--quick`` (30 steps, for tests) or
+e.g. ``--depth 8 --width 256 --steps 500``.
 """
 
 from __future__ import annotations
@@ -44,6 +22,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from flax import nnx
@@ -54,75 +33,53 @@ from examples import cli, data, models, optimizers
 from examples.reporting import write_json
 
 
-def make_tx(args, mask):
-    return optimizers.make(
-        "adamw",
-        args.learning_rate,
-        args.weight_decay,
-        schedule=optimizers.schedule(args.steps),
-        mask=mask,
-    )
+def timed_loop(step, carry, batches, bar):
+    """``carry, loss = step(carry, idx)`` over ``batches``: the last carry, the losses, and the
+    seconds per step after step 0 (which compiles)."""
+    losses = []
+    for idx in batches:
+        carry, loss = step(carry, idx)
+        losses.append(loss)
+        bar.update()
+        if len(losses) == 1:
+            loss.block_until_ready()
+            start = time.perf_counter()
+    jax.block_until_ready((carry, losses[-1]))
+    seconds = (time.perf_counter() - start) / max(1, len(batches) - 1)
+    return carry, np.asarray(jnp.stack(losses)), seconds
 
 
-# ------------------------------------------------------------------------------ flat path
-
-
-def train_flat(model, args, x, y, batches, bar):
+def train_flat(model, new_tx, x, y, batches, bar):
+    """``model`` trained on one flat buffer per dtype, its losses, s/step and the layout."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     layout = optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
-    flat = layout.ravel(params)
-    tx = make_tx(args, layout.mask)
-    opt_state = tx.init(flat)
+    tx = new_tx(mask=layout.mask)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(flat, opt_state, idx):
-        def loss_fn(flat):
-            model = nnx.merge(graphdef, layout.unravel(flat), rest)
-            return models.cross_entropy(model, x[idx], y[idx])
+    def loss_fn(flat, idx):  # unravel is slices and reshapes: the gradients come out flat
+        model = nnx.merge(graphdef, layout.unravel(flat), rest)
+        return models.cross_entropy(model, x[idx], y[idx])
 
-        loss, grads = jax.value_and_grad(loss_fn)(flat)
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(carry, idx):
+        flat, opt_state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(flat, idx)
         updates, opt_state = tx.update(grads, opt_state, flat)
-        return optax.apply_updates(flat, updates), opt_state, loss
+        return (optax.apply_updates(flat, updates), opt_state), loss
 
-    losses, start = [], None
-    for t, idx in enumerate(batches):
-        flat, opt_state, loss = step(flat, opt_state, idx)
-        losses.append(loss)
-        start = start or _after_compile(t, loss)
-        bar.update()
-    jax.block_until_ready(flat)
-    seconds = (time.perf_counter() - start) / max(1, len(batches) - 1)
+    flat = layout.ravel(params)
+    (flat, _), losses, seconds = timed_loop(step, (flat, tx.init(flat)), batches, bar)
     return nnx.merge(graphdef, layout.unravel(flat), rest), losses, seconds, layout
 
 
-# ------------------------------------------------------------------------------ tree path
-
-
-def train_tree(model, args, x, y, batches, bar):
-    optimizer = nnx.Optimizer(model, make_tx(args, optax_decay.weight_decay_mask), wrt=nnx.Param)
+def train_tree(model, new_tx, x, y, batches, bar):
+    """``model`` trained with ``nnx.Optimizer`` on the tree, its losses and s/step."""
+    optimizer = nnx.Optimizer(model, new_tx(mask=optax_decay.weight_decay_mask), wrt=nnx.Param)
     step = nnx.cached_partial(models.train_step, model, optimizer)
-    losses, start = [], None
-    for t, idx in enumerate(batches):
-        losses.append(step(x, y, idx))
-        start = start or _after_compile(t, losses[-1])
-        bar.update()
-    jax.block_until_ready(nnx.state(model))
-    seconds = (time.perf_counter() - start) / max(1, len(batches) - 1)
+    _, losses, seconds = timed_loop(lambda _, idx: (None, step(x, y, idx)), None, batches, bar)
     return model, losses, seconds
 
 
-# ------------------------------------------------------------------------------ main
-
-
-def _after_compile(t: int, loss: jax.Array) -> float | None:
-    """The clock once step 0 (which compiles) has finished: steady-state timing."""
-    if t != 0:
-        return None
-    loss.block_until_ready()
-    return time.perf_counter()
-
-
-def parse_args(argv):
+def parse_args(argv: Sequence[str] | None):
     parser = cli.Parser(__doc__)
     parser.add_argument("--dataset", choices=data.DATASETS, default="digits")
     parser.add_argument("--data-dir", type=pathlib.Path, default=data.DEFAULT_DIR)
@@ -137,7 +94,8 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="30 steps, for tests")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    args.steps = args.steps or (30 if args.quick else 1500)
+    if args.steps is None:
+        args.steps = 30 if args.quick else 1500
     cli.check_positive(
         steps=args.steps, batch_size=args.batch_size, width=args.width, depth=args.depth
     )
@@ -150,60 +108,47 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cli.check_batch_size(args.batch_size, dataset)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     batches = jnp.asarray(data.batch_indices(len(x), args.steps, args.batch_size, args.seed))
-
-    def new_model():
-        return models.make_model(
-            "mlp",
-            dataset.image_shape,
-            dataset.num_classes,
-            norm="layer",
-            seed=args.seed,
-            width=(args.width,) * args.depth,
-        )
+    lr, wd, schedule = args.learning_rate, args.weight_decay, optimizers.schedule(args.steps)
+    new_tx = functools.partial(optimizers.make, "adamw", lr, wd, schedule=schedule)
+    shape, width = (dataset.image_shape, dataset.num_classes), (args.width,) * args.depth
+    new_model = functools.partial(
+        models.make_model, "mlp", *shape, norm="layer", seed=args.seed, width=width
+    )
 
     with tqdm(total=2 * args.steps, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
         bar.set_description("flat")
-        flat_model, flat_losses, flat_s, layout = train_flat(new_model(), args, x, y, batches, bar)
+        flat_model, flat_losses, flat_s, layout = train_flat(
+            new_model(), new_tx, x, y, batches, bar
+        )
         bar.set_description("tree")
-        tree_model, tree_losses, tree_s = train_tree(new_model(), args, x, y, batches, bar)
+        tree_model, tree_losses, tree_s = train_tree(new_model(), new_tx, x, y, batches, bar)
 
-    flat_params = nnx.state(flat_model, nnx.Param)
-    tree_params = nnx.state(tree_model, nnx.Param)
-    diff = max(
-        float(jnp.max(jnp.abs(a - b)))
-        for a, b in zip(jax.tree.leaves(flat_params), jax.tree.leaves(tree_params), strict=True)
-    )
-    x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-
-    def accuracy(model):
-        return float(models.accuracy(model, x_test, y_test))
-
+    leaves = [jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (flat_model, tree_model)]
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*leaves, strict=True))
+    test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+    flat_acc, tree_acc = (float(models.accuracy(m, *test)) for m in (flat_model, tree_model))
     report = {
         "config": cli.config_of(args),
-        "n_leaves": len(jax.tree.leaves(tree_params)),
+        "n_leaves": len(leaves[1]),
         "n_params": layout.size,
         "buffers": layout.sizes,
         "decayed_per_buffer": layout.num_decayed,
-        "flat": {"seconds_per_step": flat_s, "test_accuracy": accuracy(flat_model)},
-        "tree": {"seconds_per_step": tree_s, "test_accuracy": accuracy(tree_model)},
+        "flat": {"seconds_per_step": flat_s, "test_accuracy": flat_acc},
+        "tree": {"seconds_per_step": tree_s, "test_accuracy": tree_acc},
         "max_abs_param_difference": diff,
         "final_loss": {"flat": float(flat_losses[-1]), "tree": float(tree_losses[-1])},
     }
     print(
-        f"{report['n_params']:,} params in {report['n_leaves']} leaves -> buffers "
-        f"{report['buffers']} (decayed prefix {report['decayed_per_buffer']})\n"
-        f"flat: {flat_s * 1e3:.2f} ms/step after compiling, "
-        f"test accuracy {report['flat']['test_accuracy']:.4f}\n"
-        f"tree: {tree_s * 1e3:.2f} ms/step, test accuracy {report['tree']['test_accuracy']:.4f}\n"
+        f"{layout.size:,} params in {len(leaves[1])} leaves -> buffers {layout.sizes} "
+        f"(decayed prefix {layout.num_decayed})\n"
+        f"flat: {flat_s * 1e3:.2f} ms/step after compiling, test accuracy {flat_acc:.4f}\n"
+        f"tree: {tree_s * 1e3:.2f} ms/step, test accuracy {tree_acc:.4f}\n"
         f"largest |flat - tree| over all params: {diff:.2e}"
     )
-
-    import matplotlib.pyplot as plt
-
     args.out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    ax.plot(np.asarray(jnp.stack(tree_losses)), label="tree (nnx.Optimizer)", lw=2)
-    ax.plot(np.asarray(jnp.stack(flat_losses)), "--", label="flat buffers", lw=1.5)
+    ax.plot(tree_losses, label="tree (nnx.Optimizer)", lw=2)
+    ax.plot(flat_losses, "--", label="flat buffers", lw=1.5)
     ax.set(xlabel="step", ylabel="training loss", yscale="log", title="adamw: flat vs tree")
     ax.legend()
     fig.savefig(args.out / "flat_nnx.png", dpi=110)

@@ -11,18 +11,12 @@ def test_flat_training_matches_tree_training(tmp_path, capsys):
     assert report["max_abs_param_difference"] < 1e-5
     assert report["flat"]["test_accuracy"] == report["tree"]["test_accuracy"]
     assert abs(report["final_loss"]["flat"] - report["final_loss"]["tree"]) < 1e-4
-    # One float32 buffer; kernels (decayed) first: all but biases and LayerNorm params.
+    # One float32 buffer, the decayed kernels first: all but the biases and LayerNorm params,
+    # that is depth * width hidden biases, 2 * depth * width LayerNorm scales and biases, and
+    # the head's 10 biases (10 digit classes).
+    width, depth = report["config"]["width"], report["config"]["depth"]
     assert list(report["buffers"]) == ["float32"]
-    n_undecayed = sum(_bias_and_norm_sizes(report["config"]))
-    assert report["decayed_per_buffer"]["float32"] == report["n_params"] - n_undecayed
+    assert report["decayed_per_buffer"]["float32"] == report["n_params"] - 3 * depth * width - 10
     assert json.loads((tmp_path / "results.json").read_text()) == report
     assert (tmp_path / "flat_nnx.png").stat().st_size > 0
     assert "largest |flat - tree|" in capsys.readouterr().out
-
-
-def _bias_and_norm_sizes(config):
-    """Sizes of the leaves weight_decay_mask leaves alone, from the model's definition."""
-    width, depth = config["width"], config["depth"]
-    yield depth * width  # hidden biases
-    yield 2 * depth * width  # LayerNorm scale and bias
-    yield 10  # head bias (10 digit classes)

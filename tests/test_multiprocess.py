@@ -1,14 +1,9 @@
 """Two JAX processes (distributed runtime, gloo CPU collectives) train like one process.
 
-Launches examples/multihost.py as 2 processes with 2 CPU devices each, talking
-over loopback, and as 1 process with 4 CPU devices (same global mesh size, same
-global batch), and checks that the final params agree, that they moved away
-from the init, and that weight decay shrank the decayed kernels.
-
-The children get their own environment: they must not inherit this test
-process's 8-device setup (tests/conftest.py), nor any proxy or coordinator
-variables. Every child is started in its own session and its whole process
-group is killed at the end, whatever happens.
+Runs examples/multihost.py as 2 processes with 2 CPU devices each over loopback, and as 1 process
+with 4 (the same mesh size and global batch), with and without weight decay. The children get a
+clean environment (not this process's 8-device setup from tests/conftest.py, no proxy or
+coordinator variables), each starts its own session, and every process group is killed at the end.
 """
 
 from __future__ import annotations
@@ -27,21 +22,9 @@ import pytest
 from examples import multihost
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "multihost.py"
 HARD_TIMEOUT_S = 120.0  # for each launch (all its processes together)
-STEPS = 10
-COMMON = [
-    "--optimizer",
-    "adamw",
-    "--steps",
-    str(STEPS),
-    "--batch-size",
-    "32",
-    "--seed",
-    "0",
-    "--init-timeout",
-    "60",
-]
+COMMON = "--optimizer adamw --steps 10 --batch-size 32 --seed 0 --init-timeout 60".split()
+DROP = ("JAX_NUM_CPU_DEVICES", "JAX_LOCAL_DEVICE_IDS", "JAX_CPU_COLLECTIVES_IMPLEMENTATION")
 
 pytestmark = pytest.mark.skipif(
     not (hasattr(os, "killpg") and hasattr(os, "waitid")),
@@ -49,75 +32,44 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _gloo_missing_reason() -> str | None:
-    """Why gloo CPU collectives cannot work in this jaxlib, or None if they should."""
-    try:
-        from jax._src.lib import _jax
-    except ImportError:  # private layout changed: do not guess, let the test run
-        return None
-    if not hasattr(_jax, "make_gloo_tcp_collectives"):
-        return "this jaxlib has no gloo CPU collectives (make_gloo_tcp_collectives)"
-    return None
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    for key in list(env):
-        if (
-            key.lower().endswith("_proxy")
-            or key.startswith("JAX_COORDINATOR")
-            or key
-            in ("JAX_NUM_CPU_DEVICES", "JAX_LOCAL_DEVICE_IDS", "JAX_CPU_COLLECTIVES_IMPLEMENTATION")
-        ):
-            del env[key]
-    flags = [
-        f
-        for f in env.pop("XLA_FLAGS", "").split()
-        if not f.startswith("--xla_force_host_platform_device_count")
-    ]
-    if flags:
-        env["XLA_FLAGS"] = " ".join(flags)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.lower().endswith("_proxy") or k.startswith("JAX_COORDINATOR") or k in DROP)
+    }
+    flags = env.pop("XLA_FLAGS", "").split()
+    flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+    return (
+        env | ({"XLA_FLAGS": " ".join(flags)} if flags else {}) | {"JAX_PLATFORMS": "cpu"} | extra
+    )
 
 
 def _peek_exit(proc: subprocess.Popen) -> int | None:
-    """`proc`'s exit code (negative: killed by that signal), or None while it runs.
-
-    Does not reap it, so its pid (and process group id) stays ours until `wait()`.
-    """
+    """``proc``'s exit code (negative: killed by that signal), or None while it runs. Does not
+    reap it, so its pid (and process group id) stays ours until ``wait()``."""
     info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     if info is None or info.si_pid == 0:
         return None
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
-def _launch(
-    tmp_path: pathlib.Path, name: str, arg_lists: list[list[str]], **extra_env: str
-) -> list[str]:
-    """Runs one `examples/multihost.py` per argument list, all at once; returns their outputs.
+def _launch(tmp_path: pathlib.Path, name: str, arg_lists: list[list[str]], **env: str) -> list[str]:
+    """Runs one examples/multihost.py per argument list, all at once; returns their outputs.
 
-    Fails on a nonzero exit of any of them (as soon as it happens) or after
-    HARD_TIMEOUT_S; always kills every process group it started.
+    Fails as soon as any exits nonzero, or after HARD_TIMEOUT_S; kills every group it started.
     """
-    env = _child_env() | extra_env
     logs = [tmp_path / f"{name}.{i}.log" for i in range(len(arg_lists))]
-    procs: list[subprocess.Popen] = []
-    failure = None
+    procs, failure = [], None
     try:
         for args, log in zip(arg_lists, logs, strict=True):
             with open(log, "wb") as out:
+                command = [sys.executable, str(ROOT / "examples" / "multihost.py"), *args]
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, str(SCRIPT), *args],
+                        command,
                         cwd=ROOT,
-                        env=env,
+                        env=_child_env(**env),
                         stdin=subprocess.DEVNULL,
                         stdout=out,
                         stderr=subprocess.STDOUT,
@@ -125,18 +77,16 @@ def _launch(
                     )
                 )
         deadline = time.monotonic() + HARD_TIMEOUT_S
-        while True:
+        while failure is None:
             codes = [_peek_exit(p) for p in procs]
             # A crashed process leaves its peers waiting on collectives: stop at once.
             crashed = [(i, c) for i, c in enumerate(codes) if c not in (0, None)]
             if crashed:
                 failure = "process {} exited with code {}".format(*crashed[0])
+            elif None not in codes:
                 break
-            if None not in codes:
-                break
-            if time.monotonic() > deadline:
+            elif time.monotonic() > deadline:
                 failure = f"timed out after {HARD_TIMEOUT_S:.0f} s"
-                break
             time.sleep(0.05)
     finally:
         for p in procs:
@@ -150,61 +100,47 @@ def _launch(
     if failure is None and any(p.returncode != 0 for p in procs):
         failure = f"exit codes {[p.returncode for p in procs]}"
     if failure is not None:
-        pytest.fail(
-            f"{name}: {failure}\n"
-            + "\n".join(
-                f"--- {name} process {i} output (tail) ---\n{out[-3000:]}"
-                for i, out in enumerate(outputs)
-            )
-        )
+        tails = [
+            f"--- process {i} output (tail) ---\n{out[-3000:]}" for i, out in enumerate(outputs)
+        ]
+        pytest.fail(f"{name}: {failure}\n" + "\n".join(tails))
     return outputs
 
 
-def test_two_processes_match_one_process(tmp_path):
-    if (reason := _gloo_missing_reason()) is not None:
-        pytest.skip(reason)
-    coordinator = f"127.0.0.1:{_free_port()}"
-    two_out, one_out, nowd_out = (tmp_path / f"{n}.npz" for n in ("two", "one", "nowd"))
+def _load(path: pathlib.Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return dict(f)
 
-    outputs = _launch(
-        tmp_path,
-        "two_processes",
-        [
-            [
-                *COMMON,
-                "--cpu-devices",
-                "2",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-                "--coordinator",
-                coordinator,
-                *(["--out", str(two_out)] if i == 0 else []),
-            ]
-            for i in range(2)
-        ],
-        # Process 0 serves the coordinator on loopback only (JAX's default is all interfaces).
-        JAX_COORDINATOR_BIND_ADDRESS=coordinator,
-    )
+
+def test_two_processes_match_one_process(tmp_path):
+    try:
+        from jax._src.lib import _jax
+    except ImportError:  # private layout changed: do not guess, let the test run
+        _jax = None
+    if _jax is not None and not hasattr(_jax, "make_gloo_tcp_collectives"):
+        pytest.skip("this jaxlib has no gloo CPU collectives (make_gloo_tcp_collectives)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+    two, one, nowd = (tmp_path / f"{n}.npz" for n in ("two", "one", "nowd"))
+    two_procs = [
+        [*COMMON, "--cpu-devices", "2", "--num-processes", "2", "--process-id", str(i)]
+        + ["--coordinator", coordinator, *(["--out", str(two)] if i == 0 else [])]
+        for i in range(2)
+    ]
+    # Process 0 serves the coordinator on loopback only (JAX's default is all interfaces).
+    outputs = _launch(tmp_path, "two", two_procs, JAX_COORDINATOR_BIND_ADDRESS=coordinator)
     assert "processes: 2, devices: 4 (2 per process, cpu)" in outputs[0], outputs[0]
-    (one_log,) = _launch(
-        tmp_path, "one_process", [[*COMMON, "--cpu-devices", "4", "--out", str(one_out)]]
-    )
-    assert "processes: 1, devices: 4 (4 per process, cpu)" in one_log, one_log
+    (log,) = _launch(tmp_path, "one", [[*COMMON, "--cpu-devices", "4", "--out", str(one)]])
+    assert "processes: 1, devices: 4 (4 per process, cpu)" in log, log
     _launch(
         tmp_path,
-        "no_decay",
-        [[*COMMON, "--cpu-devices", "4", "--weight-decay", "0", "--out", str(nowd_out)]],
+        "nowd",
+        [[*COMMON, "--cpu-devices", "4", "--weight-decay", "0", "--out", str(nowd)]],
     )
 
     init = multihost.flatten(multihost.init_params(0))
-    with np.load(two_out) as f:
-        two = dict(f)
-    with np.load(one_out) as f:
-        one = dict(f)
-    with np.load(nowd_out) as f:
-        nowd = dict(f)
+    two, one, nowd = (_load(path) for path in (two, one, nowd))
     assert sorted(two) == sorted(one) == sorted(init), (sorted(two), sorted(one))
     for k in init:
         assert two[k].dtype == np.float32 and two[k].shape == init[k].shape, k
