@@ -130,6 +130,7 @@ def _single_run(optimizer, lr, wd, digits, model_fn, steps, batch_size, seed, lo
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("optimizer", "model", "norm"),
     [("adamw", "mlp", None), ("sgdw", "cnn", "batch"), ("adamp", "mlp", "batch")],
@@ -190,6 +191,7 @@ def test_grid_member_equals_its_single_run(optimizer, model, norm):
     )
 
 
+@pytest.mark.slow
 def test_loss_scale_member_equals_scaled_single_run():
     digits = data.load_digits()
 
