@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs the fast tier of the test suite (the package's tests and
-# doctests, torch parity, the shared example modules, the README's code) plus the
+# Sets up .venv and runs the fast tier of the test suite (the package's unit and
+# property tests, doctests, the shared example modules, the README's code) plus the
 # linter, the formatter check and the type checker. Arguments go to pytest:
-# `bash scripts/test.sh -m slow` runs the slow tier (the scripts end to end and the
-# notebooks), `-m ""` everything; tests/conftest.py says which tests are slow.
+# `bash scripts/test.sh -m slow` runs the slow tier (the heavy suites, the scripts end
+# to end, the notebooks), `-m ""` everything; tests/conftest.py says which are slow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test

@@ -4,10 +4,11 @@ The examples are imported as ``from examples import ...``: pytest's ``pythonpath
 (pyproject.toml) puts the repo root on ``sys.path``.
 
 Two tiers. ``bash scripts/test.sh`` (the README's test command) runs ``-m "not slow"``:
-the package's tests, doctests and the checks of the shared example modules, in a few
-minutes. The tests that train or start processes, listed in ``SLOW`` (whole files) or
-marked ``@pytest.mark.slow``, and the notebooks form the slow tier: ``bash scripts/test.sh
--m slow`` (a later ``-m`` wins), which ``.ci/run`` runs too.
+the package's unit, closed-form and property tests, doctests, torch parity, the README's
+code and the checks of the shared example modules, in a few minutes. The heavy suites and
+the tests that train or start processes, listed in ``SLOW`` (whole files) or marked
+``@pytest.mark.slow``, and the notebooks form the slow tier: ``bash scripts/test.sh -m
+slow`` (a later ``-m`` wins), which ``.ci/run`` runs too.
 
 ``@pytest.mark.x64`` (on a test, a ``pytest.param`` or a module's ``pytestmark``) is the one
 way a test runs in float64: the test, its fixtures and every hypothesis example run under
@@ -26,8 +27,13 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 
 # Files whose every test belongs to the slow tier: end-to-end runs of the scripts
-# (training, checkpoints killed and resumed, several processes) and long float64 runs.
+# (training, checkpoints killed and resumed, several processes), long float64 runs, and
+# the heaviest compile-bound suites (hypothesis, sharding, flat buffers; about 40 s of
+# CPU each), so that the README's test command fits in a few minutes.
 SLOW = {
+    "test_hypothesis.py",
+    "test_sharding.py",
+    "test_flat.py",
     "test_checkpoint.py",
     "test_multiprocess.py",
     "test_long_run.py",

@@ -8,7 +8,10 @@ the math and not with itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +24,14 @@ import optax
 import optax_decay as od
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick_run(main: Callable, out: Path) -> tuple[Any, dict, str]:
+    """A script's ``--quick`` run into ``out``: what ``main`` returned, results.json, stdout."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        returned = main(["--quick", "--no-progress", "--out", str(out)])
+    return returned, json.loads((out / "results.json").read_text()), stdout.getvalue()
 
 
 # ---- The registry: every optimizer and transform the tests run, and what to expect of it.

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
-import json
 import math
 
 import numpy as np
 import pytest
+from helpers import quick_run
 
 from examples import adamw_vs_adamp
 from examples.reporting import mean_pm
@@ -22,11 +20,8 @@ OPTIMIZERS, SEEDS = ("adamw_coupled", "adamp"), (0, 1)
 def quick(tmp_path_factory):
     """The one ``--quick`` run: its folder, results.json, stdout and return value."""
     out = tmp_path_factory.mktemp("adamw_vs_adamp")
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        returned = adamw_vs_adamp.main(["--quick", "--no-progress", "--out", str(out)])
-    report = json.loads((out / "results.json").read_text())
-    return {"out": out, "report": report, "stdout": stdout.getvalue(), "returned": returned}
+    returned, report, stdout = quick_run(adamw_vs_adamp.main, out)
+    return {"out": out, "report": report, "stdout": stdout, "returned": returned}
 
 
 def test_outputs(quick):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 
 import pytest
+from helpers import quick_run
 
 from examples import data, demo
 
@@ -19,13 +17,10 @@ OPTIMIZERS = ("sgd_l2", "adam_l2", *DECOUPLED)
 def quick(tmp_path_factory):
     """One ``--quick`` run: its stdout, results.json, the rows by name, and the output folder."""
     out = tmp_path_factory.mktemp("demo")
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        returned = demo.main(["--quick", "--no-progress", "--out", str(out)])
-    report = json.loads((out / "results.json").read_text())
+    returned, report, stdout = quick_run(demo.main, out)
     assert returned == report["results"]
     rows = {r["optimizer"]: r for r in report["results"]}
-    return stdout.getvalue(), report, rows, out
+    return stdout, report, rows, out
 
 
 def test_every_optimizer_is_reported_and_learns(quick):
