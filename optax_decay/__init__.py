@@ -1,5 +1,6 @@
 """optax_decay: every way of pulling weights toward zero, as composable Optax transforms."""
 
+from optax_decay._adaptive import AdaptiveDecayState as AdaptiveDecayState
 from optax_decay._adaptive import adaptive_decay as adaptive_decay
 from optax_decay._adaptive import scale_by_adam as scale_by_adam
 from optax_decay._alias import adam_l2 as adam_l2
@@ -14,6 +15,7 @@ from optax_decay._convert import paper_to_coupled as paper_to_coupled
 from optax_decay._convert import timescale_from_weight_decay as timescale_from_weight_decay
 from optax_decay._convert import weight_decay_from_timescale as weight_decay_from_timescale
 from optax_decay._decoupled import DecoupledDecayState as DecoupledDecayState
+from optax_decay._decoupled import cautious_decay as cautious_decay
 from optax_decay._decoupled import decoupled_decay as decoupled_decay
 from optax_decay._flat import FlatLayout as FlatLayout
 from optax_decay._flat import flat_layout as flat_layout
@@ -27,6 +29,7 @@ from optax_decay._prox import prox_l2 as prox_l2
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveDecayState",
     "DecayPrecisionWarning",
     "MasterWeightsState",
     "DecoupledDecayState",
@@ -36,6 +39,7 @@ __all__ = [
     "adamw",
     "adaptive_decay",
     "add_l2_to_grad",
+    "cautious_decay",
     "coupled_to_paper",
     "decoupled_decay",
     "flat_layout",

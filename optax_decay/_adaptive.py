@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,7 +17,22 @@ from optax_decay._checks import (
     require_params,
 )
 from optax_decay._convert import evaluate, step_size
+from optax_decay._decoupled import CenterOrInit, center_tree, check_center
 from optax_decay._masks import MaskOrFn, is_array_mask, resolve_mask
+
+
+class AdaptiveDecayState(NamedTuple):
+    """State of :func:`adaptive_decay` and :func:`adamp` with ``center="init"``.
+
+    The fields of :class:`optax.ScaleByAdamState` and the params seen by
+    ``init``. Without ``center="init"`` the state is a plain
+    :class:`optax.ScaleByAdamState`.
+    """
+
+    count: chex.Array  # shape=(), int32
+    mu: optax.Updates
+    nu: optax.Updates
+    center: optax.Params
 
 
 def _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype):
@@ -130,6 +148,7 @@ def adaptive_decay(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype=None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
     r"""The Adam step with the preconditioned, adaptive decay of "AdamP".
 
@@ -168,6 +187,11 @@ def adaptive_decay(
         ``params -> pytree``; masked-out leaves and elements take the plain
         Adam step.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
+      center: ``c``, the point the weights decay toward: ``None`` (0),
+        ``"init"`` or a pytree, as in :func:`decoupled_decay`. The penalty is
+        then ``(lambda/2)||y - c||^2`` and its minimizer
+        ``w_{t+1} = c + (w_t - c - s*mhat/D_t)/(1 + s*lambda/D_t)`` with
+        ``s = eta_t*alpha``: the formula above with ``w_t - c`` for ``w_t``.
 
     A coordinate whose gradients have been zero (``vhat_t = 0``, so
     ``D_t = eps``) is decayed by ``1/(1 + eta_t*alpha*lambda/eps)``: with the
@@ -205,14 +229,28 @@ def adaptive_decay(
         eps,
         eps_root,
         mu_dtype,
+        center,
     )
 
 
-def adaptive(name, learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps_root, mu_dtype):
+def adaptive(
+    name, learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps_root, mu_dtype, center=None
+):
     """:func:`adaptive_decay` with its errors naming ``name`` (``adamp`` uses it)."""
     _check_adam_args(b1, b2, eps, eps_root)
     check_nonnegative("weight_decay", weight_decay)
+    check_center(center)
     step = step_size(learning_rate, schedule)
+    stores_center = isinstance(center, str)  # "init"
+    adam_init = _adam_init(mu_dtype)
+
+    def init_fn(params):
+        state = adam_init(params)
+        if stores_center:  # a copy (jnp.array copies): donating the params does not free it
+            return AdaptiveDecayState(*state, center=jax.tree.map(jnp.array, params))
+        if center is not None:
+            center_tree(center, params)
+        return state
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -224,16 +262,23 @@ def adaptive(name, learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps
         )
         lam = evaluate(weight_decay, state.count)
         s = evaluate(step, state.count)
-        mu, mu_hat, denom, state = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
+        if center is None:
+            c_tree = jax.tree.map(lambda _: None, params)
+        else:
+            c_tree = state.center if stores_center else center_tree(center, params)
+        mu, mu_hat, denom, new = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
+        state = AdaptiveDecayState(*new, center=state.center) if stores_center else new
         # s * mhat = (s / (1 - b1^t)) * m: the bias correction as a scalar factor. An
         # elementwise `m / (1 - b1^t)` stays a vector divide in XLA, a third one per
         # element where Adam (and optax.adamw) needs two: 1.14x optax.adamw on CPU.
         bias1 = 1 - b1**state.count  # as in optax.tree.bias_correction
 
-        def leaf(m_raw, m, d, w, on):
+        def leaf(m_raw, m, d, w, on, c):
             if m is None:
                 return None
             w = jnp.asarray(w)
+            if c is not None:  # the decay pulls toward c: w - c in place of w
+                w = w - jnp.asarray(c, w.dtype)
             s_ = jnp.asarray(s, d.dtype)
             per_element = is_array_mask(on)
             if not per_element and not on:
@@ -261,7 +306,7 @@ def adaptive(name, learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps
                 return -num / jnp.where(on, keep * d + drop, d)
             return -(s_m * m_raw + drop * w) / (keep * d + drop)
 
-        updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, is_leaf=is_none)
+        updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, c_tree, is_leaf=is_none)
         return updates, state
 
-    return optax.GradientTransformationExtraArgs(_adam_init(mu_dtype), update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import optax
 
 from optax_decay._adaptive import adaptive, scale_by_adam
-from optax_decay._checks import check_momentum, require_params
-from optax_decay._convert import step_size
-from optax_decay._decoupled import decoupled
+from optax_decay._checks import SCHEDULE_STEPS, check_momentum, require_params, sample
+from optax_decay._convert import evaluate, step_size
+from optax_decay._decoupled import CenterOrInit, decoupled
 from optax_decay._l2 import l2
 from optax_decay._masks import MaskOrFn
 from optax_decay._prox import prox
@@ -58,6 +58,7 @@ def sgd_l2(
     nesterov: bool = False,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
     r"""SGD (with optional heavy-ball momentum) on ``f(w) + (lambda/2)*||w||^2``.
 
@@ -79,6 +80,9 @@ def sgd_l2(
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to regularize, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
+      center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
+        params seen by ``init``, kept in the state) or a pytree; see
+        :func:`decoupled_decay`.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
@@ -94,7 +98,7 @@ def sgd_l2(
     return _checked(
         "sgd_l2",
         optax.chain(
-            l2("sgd_l2", weight_decay, mask, check_params=False),
+            l2("sgd_l2", weight_decay, mask, check_params=False, center=center),
             _momentum(momentum, nesterov),
             _step(learning_rate, schedule),
         ),
@@ -105,10 +109,12 @@ def sgdw(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule,
     *,
+    cautious: bool = False,
     momentum: float | None = None,
     nesterov: bool = False,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
     r"""SGD with decoupled weight decay (SGDW, paper convention).
 
@@ -117,17 +123,24 @@ def sgdw(
       w_{t+1} = (1 - \eta_t\lambda) w_t - \alpha(t)\eta_t d_t
 
     with ``d_t`` the gradient or its momentum trace as in :func:`sgd_l2`.
-    ``lambda`` is multiplied by ``eta_t`` only, not by ``alpha``.
+    ``lambda`` is multiplied by ``eta_t`` only, not by ``alpha``. With
+    ``cautious=True`` the decay is :func:`cautious_decay`: the term
+    ``eta_t*lambda*w_t`` is kept only where ``d_t * w_t >= 0``.
 
     Args:
       learning_rate: ``alpha``, a float or a schedule.
       weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``; a
         factor ``1 - eta_t*lambda <= 0`` at any checked step is rejected.
+      cautious: decay only where the step moves the weight toward 0 or leaves
+        it (:func:`cautious_decay`, Chen et al. 2025).
       momentum: ``mu`` in ``[0, 1)``, or ``None`` for plain SGD.
       nesterov: use Nesterov momentum (needs ``momentum``).
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to decay, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
+      center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
+        params seen by ``init``, kept in the state) or a pytree; see
+        :func:`decoupled_decay`.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
@@ -149,7 +162,15 @@ def sgdw(
         optax.chain(
             _momentum(momentum, nesterov),
             _step(learning_rate, schedule),
-            decoupled("sgdw", weight_decay, schedule, mask, check_params=False),
+            decoupled(
+                "sgdw",
+                weight_decay,
+                schedule,
+                mask,
+                check_params=False,
+                center=center,
+                cautious=cautious,
+            ),
         ),
     )
 
@@ -165,6 +186,7 @@ def adam_l2(
     mu_dtype=None,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
     r"""Adam on ``f(w) + (lambda/2)*||w||^2`` ("Adam+L2").
 
@@ -184,6 +206,9 @@ def adam_l2(
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to regularize, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
+      center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
+        params seen by ``init``, kept in the state) or a pytree; see
+        :func:`decoupled_decay`.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
@@ -191,7 +216,7 @@ def adam_l2(
     return _checked(
         "adam_l2",
         optax.chain(
-            l2("sgd_l2", weight_decay, mask, check_params=False),
+            l2("adam_l2", weight_decay, mask, check_params=False, center=center),
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
             _step(learning_rate, schedule),
         ),
@@ -203,6 +228,9 @@ def adamw(
     weight_decay: optax.ScalarOrSchedule,
     *,
     coupled: bool = False,
+    cautious: bool = False,
+    corrected: bool = False,
+    peak_learning_rate: float | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -210,6 +238,7 @@ def adamw(
     mu_dtype=None,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay.
 
@@ -227,15 +256,36 @@ def adamw(
     ``alpha`` the two are related by ``lambda_paper = alpha * lambda_coupled``
     (:func:`coupled_to_paper`).
 
+    ``cautious=True`` keeps the decay only where the Adam step moves the weight
+    toward 0 or leaves it, ``1[u*w <= 0]`` (:func:`cautious_decay`).
+
+    ``corrected=True`` is AdamC (Defazio 2025): the decay rate is multiplied by
+    ``gamma_t/gamma_max``, the step size ``gamma_t = alpha(t)*eta_t`` over its
+    peak, so it falls with the schedule twice. With a constant ``alpha`` and a
+    schedule peaking at 1, the factor is ``1 - lambda*eta_t^2`` (paper form)
+    or ``1 - alpha*lambda*eta_t^2`` (coupled; timm's ``adamc``). Defazio
+    applies it to the layers followed by a normalization: pass a ``mask`` that
+    leaves out the output layer.
+
     Args:
       learning_rate: ``alpha``, a float or a schedule.
       weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``; a
         factor ``<= 0`` at any checked step is rejected.
       coupled: multiply ``weight_decay`` by the learning rate (PyTorch form).
+      cautious: cautious weight decay (Chen et al. 2025).
+      corrected: corrected weight decay, AdamC (Defazio 2025).
+      peak_learning_rate: ``gamma_max`` of ``corrected=True``, the largest
+        step size ``alpha(t)*eta_t``. Defaults to ``learning_rate`` when that
+        is a number (the schedule ``eta_t`` is assumed to peak at 1, as timm
+        does); required when ``learning_rate`` is a schedule. A step size
+        above it at any checked step is rejected.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to decay, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
+      center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
+        params seen by ``init``, kept in the state) or a pytree; see
+        :func:`decoupled_decay`.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
@@ -250,18 +300,83 @@ def adamw(
 
     References:
       Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, 2019,
-      https://arxiv.org/abs/1711.05101
+      https://arxiv.org/abs/1711.05101;
+      Chen et al., *Cautious Weight Decay*, 2025, https://arxiv.org/abs/2510.12402;
+      Defazio, *Why Gradients Rapidly Increase Near the End of Training*, 2025,
+      https://arxiv.org/abs/2506.02285
     """
     decay_schedule = step_size(learning_rate, schedule) if coupled else schedule
     rate = "alpha(t)*eta_t*lambda" if coupled else "eta_t*lambda"
+    if corrected:
+        decay_schedule = _corrected(decay_schedule, learning_rate, schedule, peak_learning_rate)
+        rate += "*gamma_t/gamma_max"
+    elif peak_learning_rate is not None:
+        raise TypeError(PEAK_UNUSED_MSG)
     return _checked(
         "adamw",
         optax.chain(
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
             _step(learning_rate, schedule),
-            decoupled("adamw", weight_decay, decay_schedule, mask, False, rate),
+            decoupled(
+                "adamw",
+                weight_decay,
+                decay_schedule,
+                mask,
+                False,
+                rate,
+                center=center,
+                cautious=cautious,
+            ),
         ),
     )
+
+
+PEAK_UNUSED_MSG = (
+    "`peak_learning_rate` is the gamma_max of corrected weight decay and is used only with "
+    "`corrected=True`; pass `corrected=True`, or drop `peak_learning_rate`."
+)
+
+PEAK_NEEDED_MSG = (
+    "`adamw(..., corrected=True)` multiplies the decay by gamma_t/gamma_max, the step size "
+    "alpha(t)*eta_t over its peak, and cannot know the peak of a `learning_rate` schedule: "
+    "pass `peak_learning_rate=` (e.g. the peak of a warmup-cosine schedule)."
+)
+
+PEAK_EXCEEDED_MSG = (
+    "`adamw(..., corrected=True)`: the step size alpha(t)*eta_t reaches {gamma:.6g} at step "
+    "t = {t}, above gamma_max = {peak:.6g} ({source}), so the corrected decay "
+    "lambda*gamma_t/gamma_max would exceed the plain one. Pass "
+    "`peak_learning_rate={gamma:.6g}` (the peak step size)."
+)
+
+
+def _corrected(decay_schedule, learning_rate, schedule, peak):
+    """``decay_schedule(t) * gamma_t / gamma_max``, ``gamma_t = alpha(t)*eta_t``: AdamC."""
+    gamma = step_size(learning_rate, schedule)
+    source = "`peak_learning_rate`"
+    if peak is None:
+        if callable(learning_rate):
+            raise ValueError(PEAK_NEEDED_MSG)
+        peak, source = learning_rate, "`learning_rate`, assuming eta_t peaks at 1"
+    values = sample(gamma)
+    peak_value = sample(peak)
+    if peak_value is not None and not peak_value[0] > 0:
+        raise ValueError(f"`peak_learning_rate` must be > 0, got {peak!r}.")
+    if values is not None and peak_value is not None:
+        if (values > peak_value[0] * (1 + 1e-6)).any():
+            i = int(values.argmax())
+            raise ValueError(
+                PEAK_EXCEEDED_MSG.format(
+                    gamma=values[i], t=SCHEDULE_STEPS[i], peak=peak_value[0], source=source
+                )
+            )
+    if not callable(gamma) and not callable(decay_schedule):
+        return evaluate(decay_schedule, None) * gamma / peak
+
+    def corrected(count):
+        return evaluate(decay_schedule, count) * evaluate(gamma, count) / peak
+
+    return corrected
 
 
 def prox_adam(
@@ -275,6 +390,7 @@ def prox_adam(
     mu_dtype=None,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
     r"""ProxAdam: the Adam step followed by the proximal step of the L2 penalty.
 
@@ -294,6 +410,9 @@ def prox_adam(
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to decay, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
+      center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
+        params seen by ``init``, kept in the state) or a pytree; see
+        :func:`decoupled_decay`.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
@@ -307,7 +426,7 @@ def prox_adam(
         optax.chain(
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
             _step(learning_rate, schedule),
-            prox("prox_adam", weight_decay, schedule, mask, check_params=False),
+            prox("prox_adam", weight_decay, schedule, mask, check_params=False, center=center),
         ),
     )
 
@@ -323,6 +442,7 @@ def adamp(
     mu_dtype=None,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
     r"""AdamP of the "Decay No More" blog post: Adam with adaptive, preconditioned decay.
 
@@ -352,6 +472,9 @@ def adamp(
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
       mask: leaves to decay, per leaf (bools) or per element (bool arrays);
         see :mod:`optax_decay._masks`.
+      center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
+        params seen by ``init``, kept in the state) or a pytree; see
+        :func:`decoupled_decay`.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
@@ -361,5 +484,15 @@ def adamp(
       https://iclr-blogposts.github.io/2023/blog/2023/adamw/
     """
     return adaptive(
-        "adamp", learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps_root, mu_dtype
+        "adamp",
+        learning_rate,
+        weight_decay,
+        schedule,
+        mask,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+        center,
     )

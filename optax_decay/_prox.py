@@ -5,7 +5,7 @@ from __future__ import annotations
 import optax
 
 from optax_decay._checks import check_nonnegative
-from optax_decay._decoupled import scheduled_decay
+from optax_decay._decoupled import CenterOrInit, scheduled_decay
 from optax_decay._masks import MaskOrFn
 
 
@@ -13,14 +13,17 @@ def prox_l2(
     weight_decay: optax.ScalarOrSchedule,
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
+    center: CenterOrInit = None,
 ) -> optax.GradientTransformation:
-    r"""Proximal step of ``(eta_t*lambda/2)*||w||^2`` after the learning-rate step.
+    r"""Proximal step of ``(eta_t*lambda/2)*||w - c||^2`` after the learning-rate step.
 
     .. math::
 
       w_{t+1} = \mathrm{prox}_{\eta_t \lambda \|\cdot\|^2/2}(w_t + u)
               = \frac{w_t + u}{1 + \eta_t \lambda},
-      \qquad u \leftarrow c\,u - (1 - c)\,w_t, \quad c = \frac{1}{1 + \eta_t\lambda}
+      \qquad u \leftarrow k\,u - (1 - k)\,w_t, \quad k = \frac{1}{1 + \eta_t\lambda}
+
+    With a ``center`` ``c``: ``w_{t+1} = c + (w_t + u - c)/(1 + eta_t*lambda)``.
 
     Chained after ``scale_by_adam`` and the step ``-alpha(t)*eta_t``, this is
     ProxAdam (Zhuang et al.). To first order in ``eta_t*lambda`` it equals
@@ -35,6 +38,8 @@ def prox_l2(
       mask: a pytree of bools (``True``: decay the leaf) or of bool arrays
         shaped like the params (``True``: decay the element, e.g.
         ``FlatLayout.mask``), or a callable ``params -> pytree``.
+      center: ``c``: ``None`` (0), ``"init"`` or a pytree, as in
+        :func:`decoupled_decay`.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` whose state counts the
@@ -54,10 +59,10 @@ def prox_l2(
 
     See also: :func:`decoupled_decay`, :func:`prox_adam`.
     """
-    return prox("prox_l2", weight_decay, schedule, mask)
+    return prox("prox_l2", weight_decay, schedule, mask, center=center)
 
 
-def prox(name, weight_decay, schedule, mask, check_params=True):
+def prox(name, weight_decay, schedule, mask, check_params=True, center=None):
     """:func:`prox_l2` with its errors naming ``name`` (the optimizer that uses it)."""
     check_nonnegative("weight_decay", weight_decay)
     check_nonnegative("schedule", schedule)
@@ -67,4 +72,4 @@ def prox(name, weight_decay, schedule, mask, check_params=True):
         keep = 1 / (1 + rate)
         return keep * u - (1 - keep) * w
 
-    return scheduled_decay(name, weight_decay, schedule, mask, leaf, check_params)
+    return scheduled_decay(name, weight_decay, schedule, mask, leaf, check_params, center=center)

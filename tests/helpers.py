@@ -41,17 +41,29 @@ class Spec(NamedTuple):
     make: Callable[..., Any]  # make(learning_rate, weight_decay, **kwargs)
     alpha: float  # a learning rate and a weight decay, non-trivial, in the entry's convention
     lam: float
-    kind: str  # lambda's place: "l2", "paper" (1 - eta*lam), "coupled", "prox" or "adaptive"
+    kind: str  # lambda's place: "l2", "paper" (1 - eta*lam), "coupled", "prox", "adaptive",
+    # "cautious" (paper, where the step does not move w away from 0) or "corrected" (below)
     family: str = "transform"  # "adam" or "sgd": the optimizers of `_alias`
     sgd: dict = {}  # the momentum arguments of an SGD optimizer
 
 
 P = functools.partial
+CORRECTED_PEAK = 1.0  # the gamma_max of the registry's `adamw_corrected`
 MOMENTUM, NESTEROV = dict(momentum=0.9), dict(momentum=0.9, nesterov=True)
 REGISTRY = {
     "adam_l2": Spec(od.adam_l2, 0.05, 0.3, "l2", "adam"),
     "adamw": Spec(od.adamw, 0.05, 0.2, "paper", "adam"),
     "adamw_coupled": Spec(P(od.adamw, coupled=True), 0.05, 4.0, "coupled", "adam"),
+    "adamw_cautious": Spec(P(od.adamw, cautious=True), 0.05, 0.2, "cautious", "adam"),
+    # gamma_max = CORRECTED_PEAK, so that the factor is 1 - eta_t*lambda*alpha(t)*eta_t for
+    # any learning rate (a schedule or traced by inject_hyperparams) the tests pass.
+    "adamw_corrected": Spec(
+        P(od.adamw, corrected=True, peak_learning_rate=CORRECTED_PEAK),
+        0.05,
+        2.0,
+        "corrected",
+        "adam",
+    ),
     "prox_adam": Spec(od.prox_adam, 0.05, 0.2, "prox", "adam"),
     "adamp": Spec(od.adamp, 0.05, 0.3, "adaptive", "adam"),
     "sgd_l2": Spec(od.sgd_l2, 0.1, 0.3, "l2", "sgd"),
@@ -194,6 +206,10 @@ def reference(name, params, grads, alpha, lam, eta=None, momentum=None, nesterov
                 w[k] = (1 - e * lam) * w[k] - step
             elif name == "adamw_coupled":
                 w[k] = (1 - e * a * lam) * w[k] - step
+            elif name == "adamw_cautious":  # Chen et al., Alg. 1: decay where d*w >= 0
+                w[k] = w[k] - step - e * lam * (step * w[k] >= 0) * w[k]
+            elif name == "adamw_corrected":  # Defazio: rate times gamma_t / gamma_max
+                w[k] = (1 - e * lam * s / CORRECTED_PEAK) * w[k] - step
             elif name == "prox_adam":
                 w[k] = (w[k] - step) / (1 + e * lam)
             elif name == "adamp":

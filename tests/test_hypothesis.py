@@ -64,7 +64,8 @@ log_scales = st.floats(-3.0, 3.0)  # gradients of size 10**log_scale
 def assume_positive_decay_factor(name, alpha, lam, eta):
     """The constant decay factor ``1 - eta*lambda`` (coupled: times alpha) is > 0, else it raises."""
     kind = REGISTRY[name].kind
-    assume(kind not in ("paper", "coupled") or eta * lam * (alpha if kind == "coupled" else 1) < 1)
+    scale = {"coupled": alpha, "corrected": alpha * eta}.get(kind, 1.0)  # corrected: gamma_max 1
+    assume(kind in ("l2", "prox", "adaptive") or eta * lam * scale < 1)
 
 
 def tree(shapes, dtype, seed, scale=1.0):
