@@ -193,3 +193,45 @@ def test_scale_freeness_with_eps_zero(name, c):
         assert max_rel_diff(scaled[-1], unscaled[-1]) > 1e-3
     else:
         chex.assert_trees_all_close(scaled, unscaled, rtol=1e-9, atol=1e-12)
+
+
+# ---- Corrected decay (AdamC): the rate times gamma_t / gamma_max, gamma_t = alpha(t)*eta_t
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_corrected_decay_factor_is_one_minus_lambda_eta_squared(coupled):
+    """gamma_max defaults to alpha (eta_t peaks at 1): the factor is 1 - lambda*eta_t^2, times
+    alpha when coupled (timm's adamc)."""
+    alpha, lam = 0.05, (4.0 if coupled else 0.2)
+    params, grads = make_problem(12)
+    got = run(od.adamw(alpha, lam, coupled=coupled, corrected=True, schedule=ETA), params, grads)
+    eta = lambda t: float(ETA(t))
+    paper_lam = lambda t: lam * eta(t) * (alpha if coupled else 1.0)  # 1 - eta_t*this
+    want = reference("adamw", params, grads, alpha, paper_lam, eta=eta)
+    chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
+    plain_run = run(od.adamw(alpha, lam, coupled=coupled, schedule=ETA), params, grads)
+    assert max_rel_diff(plain_run[-1], got[-1]) > 1e-6
+
+
+def test_corrected_decay_with_a_learning_rate_schedule_needs_and_uses_its_peak():
+    alpha = lambda t: 0.1 * (t + 1) / (t + 3.0)  # rises toward its supremum 0.1
+    params, grads = make_problem(8)
+    with pytest.raises(ValueError, match="pass `peak_learning_rate=`"):
+        od.adamw(alpha, 0.2, corrected=True)
+    got = run(od.adamw(alpha, 0.2, corrected=True, peak_learning_rate=0.1), params, grads)
+    want = reference("adamw", params, grads, alpha, lambda t: 0.2 * alpha(t) / 0.1)
+    chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(corrected=True, schedule=lambda t: 1.0 + t / 100), ValueError, r"reaches .* at step"),
+        (dict(corrected=True, peak_learning_rate=0.05), ValueError, "above gamma_max = 0.05"),
+        (dict(corrected=True, peak_learning_rate=0.0), ValueError, "must be > 0"),
+        (dict(peak_learning_rate=0.1), TypeError, "used only with `corrected=True`"),
+    ],
+)
+def test_corrected_decay_rejects_a_wrong_peak(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        od.adamw(0.1, 0.2, **kwargs)
