@@ -101,11 +101,15 @@ def test_center_zero_is_bit_identical(name):
 def _closed_loop(tx, w, a, steps=15):
     """Params after each step of ``tx`` on f(w) = sum h*(w - a)^2/2, h = 1, 2, 3, ... ."""
     h = jax.tree.map(lambda x: 1.0 + jnp.arange(x.size).reshape(x.shape) % 3, w)
+
+    @jax.jit
+    def step(w, state):
+        u, state = tx.update(jax.tree.map(lambda h, w, a: h * (w - a), h, w, a), state, w)
+        return optax.apply_updates(w, u), state
+
     state, out = tx.init(w), []
     for _ in range(steps):
-        g = jax.tree.map(lambda h, w, a: h * (w - a), h, w, a)
-        u, state = tx.update(g, state, w)
-        w = optax.apply_updates(w, u)
+        w, state = step(w, state)
         out.append(w)
     return out
 
