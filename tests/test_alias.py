@@ -198,18 +198,21 @@ def test_scale_freeness_with_eps_zero(name, c):
 # ---- Corrected decay (AdamC): the rate times gamma_t / gamma_max, gamma_t = alpha(t)*eta_t
 
 
+@pytest.mark.parametrize("schedule", [ETA, 0.5], ids=["cosine", "constant"])
 @pytest.mark.parametrize("coupled", [False, True])
-def test_corrected_decay_factor_is_one_minus_lambda_eta_squared(coupled):
+def test_corrected_decay_factor_is_one_minus_lambda_eta_squared(coupled, schedule):
     """gamma_max defaults to alpha (eta_t peaks at 1): the factor is 1 - lambda*eta_t^2, times
     alpha when coupled (timm's adamc)."""
     alpha, lam = 0.05, (4.0 if coupled else 0.2)
     params, grads = make_problem(12)
-    got = run(od.adamw(alpha, lam, coupled=coupled, corrected=True, schedule=ETA), params, grads)
-    eta = lambda t: float(ETA(t))
+    got = run(
+        od.adamw(alpha, lam, coupled=coupled, corrected=True, schedule=schedule), params, grads
+    )
+    eta = lambda t: float(schedule(t)) if callable(schedule) else schedule
     paper_lam = lambda t: lam * eta(t) * (alpha if coupled else 1.0)  # 1 - eta_t*this
     want = reference("adamw", params, grads, alpha, paper_lam, eta=eta)
     chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
-    plain_run = run(od.adamw(alpha, lam, coupled=coupled, schedule=ETA), params, grads)
+    plain_run = run(od.adamw(alpha, lam, coupled=coupled, schedule=schedule), params, grads)
     assert max_rel_diff(plain_run[-1], got[-1]) > 1e-6
 
 
