@@ -6,7 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ADAM_FAMILY, build, make_grads, make_params, make_problem
+from helpers import (
+    ADAM_FAMILY,
+    adam_moments,
+    build,
+    make_grads,
+    make_params,
+    make_problem,
+    ravel,
+)
 
 import optax_decay as od
 
@@ -67,3 +75,25 @@ def test_adamp_huge_lambda_goes_to_zero_not_nan(lr, lam):
     new = optax.apply_updates(params, u)
     chex.assert_tree_all_finite(new)
     chex.assert_trees_all_close(new, jax.tree.map(jnp.zeros_like, new), atol=1e-6)
+
+
+@pytest.mark.x64
+def test_adaptive_decay_toward_a_center_minimizes_the_shifted_objective():
+    """argmin_y <y - w, mhat> + (lambda/2)|y - c|^2 + (1/(2s))|y - w|_D^2, s = alpha*eta_t.
+
+    Setting the gradient mhat + lambda*(y - c) + D*(y - w)/s to zero gives
+    y = c + (w - c - s*mhat/D) / (1 + s*lambda/D).
+    """
+    params, grads = make_problem(4)
+    c = make_params(seed=7)
+    alpha, lam, eta = 0.05, 0.3, 0.5
+    tx = od.adaptive_decay(alpha, lam, schedule=eta, center=c)
+    state, w = tx.init(params), params
+    for t, g in enumerate(grads):
+        u, state = tx.update(g, state, w)
+        new = optax.apply_updates(w, u)
+        mhat, d = adam_moments(grads[: t + 1])
+        s = alpha * eta
+        want = ravel(c) + (ravel(w) - ravel(c) - s * mhat / d) / (1 + s * lam / d)
+        np.testing.assert_allclose(ravel(new), want, rtol=1e-12, atol=1e-14)
+        w = new

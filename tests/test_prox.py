@@ -36,3 +36,17 @@ def test_prox_adam_huge_lambda_stays_finite(lam):
     # |(w - alpha*mhat/D) / (1 + lambda)| <= (|w| + alpha) / (1 + lambda)
     for w, x in zip(jax.tree.leaves(params), jax.tree.leaves(new), strict=True):
         assert float(jnp.max(jnp.abs(x))) <= (float(jnp.max(jnp.abs(w))) + 1e-3) / (1 + lam) * 1.001
+
+
+@pytest.mark.x64
+def test_prox_l2_toward_a_center():
+    """w_new = c + (w + u - c)/(1 + eta_t*lambda): the prox of (eta_t*lambda/2)|y - c|^2."""
+    params, c = make_params(), make_params(seed=5)
+    tx = od.prox_l2(0.7, schedule=0.5, center=c)
+    state, w = tx.init(params), params
+    for g in make_grads(params, 3):
+        u, state = tx.update(g, state, w)
+        new = optax.apply_updates(w, u)
+        want = {k: c[k] + (w[k] + g[k] - c[k]) / (1 + 0.5 * 0.7) for k in g}
+        chex.assert_trees_all_close(new, want, rtol=1e-14, atol=1e-14)
+        w = new
