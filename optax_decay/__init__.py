@@ -21,6 +21,7 @@ from optax_decay._flat import FlatLayout as FlatLayout
 from optax_decay._flat import flat_layout as flat_layout
 from optax_decay._l2 import add_l2_to_grad as add_l2_to_grad
 from optax_decay._masks import weight_decay_mask as weight_decay_mask
+from optax_decay._masks import weight_decay_multipliers as weight_decay_multipliers
 from optax_decay._precision import DecayPrecisionWarning as DecayPrecisionWarning
 from optax_decay._precision import MasterWeightsState as MasterWeightsState
 from optax_decay._precision import master_weights as master_weights
@@ -54,4 +55,5 @@ __all__ = [
     "timescale_from_weight_decay",
     "weight_decay_from_timescale",
     "weight_decay_mask",
+    "weight_decay_multipliers",
 ]

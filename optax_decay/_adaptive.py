@@ -18,7 +18,7 @@ from optax_decay._checks import (
 )
 from optax_decay._convert import evaluate, step_size
 from optax_decay._decoupled import CenterOrInit, center_tree, check_center
-from optax_decay._masks import MaskOrFn, is_array_mask, resolve_mask
+from optax_decay._masks import MaskOrFn, is_array_mask, is_multiplier, resolve_mask
 
 
 class AdaptiveDecayState(NamedTuple):
@@ -287,6 +287,8 @@ def adaptive(
             # Numerator and denominator times keep = 1/(1 + k), with drop = k*keep
             # (not 1 - keep, which cancels for small k), so u -> -w, not NaN, as k -> inf.
             k = s_ * jnp.asarray(lam, d.dtype)
+            if is_multiplier(on):  # a per-leaf multiplier of lambda (a Python float)
+                k = k * jnp.asarray(on, d.dtype)
             keep = 1 / (1 + k)
             drop = jnp.where(jnp.isinf(k), jnp.ones_like(k), k * keep)
             s_m = keep * s_ / bias1.astype(d.dtype)

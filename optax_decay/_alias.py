@@ -78,7 +78,8 @@ def sgd_l2(
       momentum: ``mu`` in ``[0, 1)``, or ``None`` for plain SGD.
       nesterov: use Nesterov momentum (``d_t = g_t + mu*(mu d_{t-1} + g_t)``).
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to regularize, per leaf (bools) or per element (bool arrays);
+      mask: leaves to regularize, per leaf (bools, or numbers >= 0 that multiply lambda) or per element
+        (bool arrays);
         see :mod:`optax_decay._masks`.
       center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
         params seen by ``init``, kept in the state) or a pytree; see
@@ -136,7 +137,8 @@ def sgdw(
       momentum: ``mu`` in ``[0, 1)``, or ``None`` for plain SGD.
       nesterov: use Nesterov momentum (needs ``momentum``).
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+      mask: leaves to decay, per leaf (bools, or numbers >= 0 that multiply lambda) or per element
+        (bool arrays);
         see :mod:`optax_decay._masks`.
       center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
         params seen by ``init``, kept in the state) or a pytree; see
@@ -204,7 +206,8 @@ def adam_l2(
       weight_decay: ``lambda >= 0`` of the penalty.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to regularize, per leaf (bools) or per element (bool arrays);
+      mask: leaves to regularize, per leaf (bools, or numbers >= 0 that multiply lambda) or per element
+        (bool arrays);
         see :mod:`optax_decay._masks`.
       center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
         params seen by ``init``, kept in the state) or a pytree; see
@@ -281,7 +284,8 @@ def adamw(
         above it at any checked step is rejected.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+      mask: leaves to decay, per leaf (bools, or numbers >= 0 that multiply lambda) or per element
+        (bool arrays);
         see :mod:`optax_decay._masks`.
       center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
         params seen by ``init``, kept in the state) or a pytree; see
@@ -408,7 +412,8 @@ def prox_adam(
       weight_decay: ``lambda >= 0``.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+      mask: leaves to decay, per leaf (bools, or numbers >= 0 that multiply lambda) or per element
+        (bool arrays);
         see :mod:`optax_decay._masks`.
       center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
         params seen by ``init``, kept in the state) or a pytree; see
@@ -470,7 +475,8 @@ def adamp(
       weight_decay: ``lambda >= 0``, effectively multiplied by ``alpha*eta_t/D_t``.
       b1, b2, eps, eps_root, mu_dtype: as in :func:`scale_by_adam`.
       schedule: ``eta_t``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, per leaf (bools) or per element (bool arrays);
+      mask: leaves to decay, per leaf (bools, or numbers >= 0 that multiply lambda) or per element
+        (bool arrays);
         see :mod:`optax_decay._masks`.
       center: the point the weights decay toward: ``None`` (0), ``"init"`` (the
         params seen by ``init``, kept in the state) or a pytree; see

@@ -17,7 +17,7 @@ from optax_decay._checks import (
     value_at_zero,
 )
 from optax_decay._convert import evaluate
-from optax_decay._masks import MaskOrFn, masked
+from optax_decay._masks import MaskOrFn, is_multiplier, masked
 from optax_decay._precision import warn_if_decay_lost
 
 
@@ -124,7 +124,8 @@ def cautious_decay(
       weight_decay: ``lambda >= 0``, a float or a schedule ``lambda(t)``; a
         factor ``1 - eta_t*lambda <= 0`` is rejected.
       schedule: ``eta_t >= 0``, a float or a callable of ``t``; ``None`` means 1.
-      mask: leaves to decay, per leaf (bools) or per element (bool arrays), or a
+      mask: leaves to decay, per leaf (bools, or numbers >= 0 that multiply lambda) or per element
+        (bool arrays), or a
         callable ``params -> pytree``.
       center: ``None``, ``"init"`` or a pytree, as in :func:`decoupled_decay`.
 
@@ -178,7 +179,22 @@ def decoupled(
     check_nonnegative("schedule", schedule)
     check_decay_factor(name, weight_decay, schedule, rate)
     leaf = _cautious_leaf if cautious else _decoupled_leaf
-    return scheduled_decay(name, weight_decay, schedule, mask, leaf, check_params, center=center)
+
+    def check_multiplier(m):  # a mask's multipliers scale lambda: check the largest factor
+        if m > 1.0:
+            scaled = (lambda t: m * weight_decay(t)) if callable(weight_decay) else m * weight_decay
+            check_decay_factor(name, scaled, schedule, f"{m:g}*{rate}")
+
+    return scheduled_decay(
+        name,
+        weight_decay,
+        schedule,
+        mask,
+        leaf,
+        check_params,
+        center=center,
+        check_multiplier=check_multiplier,
+    )
 
 
 CENTER_MSG = (
@@ -238,7 +254,15 @@ def center_tree(center: Any, params: Any) -> Any:
 
 
 def scheduled_decay(
-    name, weight_decay, schedule, mask, leaf, check_params=True, warn=True, center=None
+    name,
+    weight_decay,
+    schedule,
+    mask,
+    leaf,
+    check_params=True,
+    warn=True,
+    center=None,
+    check_multiplier=None,
 ) -> optax.GradientTransformationExtraArgs:
     """Maps ``leaf(u, w, rate)`` over the tree, ``rate = eta_t*lambda_t`` in each leaf's dtype.
 
@@ -267,7 +291,7 @@ def scheduled_decay(
             return DecoupledDecayState(schedule_count=count)
         return optax.EmptyState()
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, decay_multipliers=None, **extra_args):
         del extra_args
         if updates is None:
             return None, state
@@ -276,22 +300,30 @@ def scheduled_decay(
         count = state.schedule_count if needs_count else None
         eta, lam = evaluate(schedule, count), evaluate(weight_decay, count)
 
-        def per_leaf(u, w, c=None):
+        def per_leaf(u, w, c=None, m=None):
             if _stop(u):
                 return u
             u, w = jnp.asarray(u), jnp.asarray(w)
             if c is not None:
                 w = w - jnp.asarray(c, w.dtype)
             # Cast before multiplying: a float32 schedule must not round eta*lambda.
-            return leaf(u, w, jnp.asarray(eta, u.dtype) * jnp.asarray(lam, u.dtype))
+            rate = jnp.asarray(eta, u.dtype) * jnp.asarray(lam, u.dtype)
+            if is_multiplier(m):  # a per-leaf multiplier of lambda (a Python float)
+                rate = rate * jnp.asarray(m, u.dtype)
+            return leaf(u, w, rate)
 
-        if center is None:
+        if center is None and decay_multipliers is None:
             updates = jax.tree.map(per_leaf, updates, params, is_leaf=is_none)
         else:
-            c = state.center if stores_center else center_tree(center, params)
-            updates = jax.tree.map(per_leaf, updates, params, c, is_leaf=_stop)
+            nones = jax.tree.map(lambda _: None, params, is_leaf=_stop)
+            if center is None:
+                c = nones
+            else:
+                c = state.center if stores_center else center_tree(center, params)
+            m = nones if decay_multipliers is None else decay_multipliers
+            updates = jax.tree.map(per_leaf, updates, params, c, m, is_leaf=_stop)
         if needs_count:
             state = state._replace(schedule_count=optax.safe_increment(count))
         return updates, state
 
-    return masked(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+    return masked(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask, check_multiplier)

@@ -78,7 +78,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_decay._checks import is_none
-from optax_decay._masks import MaskOrFn, check_not_step_count, is_array_mask, resolve_mask
+from optax_decay._masks import (
+    MaskOrFn,
+    check_not_step_count,
+    is_array_mask,
+    is_multiplier,
+    resolve_mask,
+)
 
 RAVEL_STRUCTURE_MSG = (
     "The tree passed to `FlatLayout.ravel` does not have the structure the layout "
@@ -104,6 +110,13 @@ RAVEL_DTYPE_MSG = (
 FLAT_KEYS_MSG = (
     "`FlatLayout.{method}` expects the dict of flat buffers made by `layout.ravel`, "
     "with keys {want} and 1-D buffers of sizes {sizes}; got {got}."
+)
+
+FLAT_MULTIPLIER_MSG = (
+    "`flat_layout` got the multiplier {value!r} at mask leaf {path}: per-leaf multipliers of "
+    "weight_decay are not supported on flat buffers yet (a buffer's mask is one decayed "
+    "prefix). Train that tree on the tree path, or split the params into one flat layout "
+    "per multiplier with a transform each (`optax.multi_transform`)."
 )
 
 FLAT_MASK_MSG = (
@@ -399,8 +412,11 @@ def flat_layout(
             if p is not None
         ]
         for (path, _), m in zip(paths_leaves, decay, strict=True):
+            where = jax.tree_util.keystr(path) or "(root)"
             if is_array_mask(m):
-                raise TypeError(FLAT_MASK_MSG.format(path=jax.tree_util.keystr(path) or "(root)"))
+                raise TypeError(FLAT_MASK_MSG.format(path=where))
+            if is_multiplier(m):
+                raise NotImplementedError(FLAT_MULTIPLIER_MSG.format(path=where, value=m))
     names = [_dtype_name(leaf) for leaf in leaves]
     shapes = tuple(tuple(int(d) for d in leaf.shape) for leaf in leaves)
     sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]

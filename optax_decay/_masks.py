@@ -7,7 +7,10 @@ are either
 * Python bools, ``True`` meaning "decay this leaf" (a bool above a subtree
   covers the whole subtree). This is the static, per-leaf mask of
   :func:`optax.masked`, and masking is delegated to it, with no extra
-  operations; or
+  operations;
+* Python numbers ``m >= 0``: per-leaf multipliers of ``lambda`` (the leaf is
+  decayed with ``m*lambda``; ``True`` is 1, ``False`` is 0), as big_vision's
+  ``wd_mults``; :func:`weight_decay_multipliers` builds them from rules; or
 * boolean arrays (NumPy or JAX, or tracers when a callable mask builds them
   inside ``jit``) with exactly the shape of their param leaf, ``True`` meaning
   "decay this element". The decay is then computed for the whole leaf and
@@ -24,7 +27,8 @@ module adds the checks and the usual mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -43,7 +47,8 @@ MASK_STRUCTURE_MSG = (
 )
 
 MASK_LEAF_MSG = (
-    "`mask` leaves must be Python bools (True: decay this leaf) or boolean arrays with "
+    "`mask` leaves must be Python bools (True: decay this leaf), numbers >= 0 (multipliers "
+    "of weight_decay for the leaf) or boolean arrays with "
     "the shape of their param leaf (True: decay this element), got {leaf} of type {kind}. "
     "Build a per-leaf mask with Python comparisons such as `p.ndim >= 2`, and a "
     "per-element one as a bool array, e.g. `p != 0`; convert a 0/1 array with "
@@ -85,6 +90,11 @@ STEP_COUNT_MSG = (
     '`optax.inject_hyperparams(optax_decay.adamw, static_args="mask")(..., mask={name})`.'
 )
 
+MULTIPLIER_MSG = (
+    "`mask` leaf {path} is {value!r}: a number in a mask multiplies `weight_decay` for its "
+    "leaf and must be finite and >= 0 (True is 1, False is 0)."
+)
+
 MaskOrFn = Any | Callable[[Any], Any] | None
 
 
@@ -98,7 +108,24 @@ def check_not_step_count(name: str, params: Any) -> None:
 
 
 def _is_static(leaf: Any) -> bool:
-    return isinstance(leaf, (bool, np.bool_))
+    return isinstance(leaf, (bool, np.bool_)) or is_multiplier(leaf)
+
+
+def is_multiplier(leaf: Any) -> bool:
+    """True for a per-leaf multiplier: a Python or NumPy number that is not a bool."""
+    return isinstance(leaf, (int, float, np.integer, np.floating)) and not isinstance(
+        leaf, (bool, np.bool_)
+    )
+
+
+def _static_value(m: Any, where: str) -> bool | float:
+    """A static mask leaf as True/False, or as a float multiplier other than 0 and 1."""
+    if not is_multiplier(m):
+        return bool(m)
+    value = float(m)
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(MULTIPLIER_MSG.format(path=where, value=m))
+    return value if value not in (0.0, 1.0) else value == 1.0
 
 
 def is_array_mask(leaf: Any) -> bool:
@@ -146,9 +173,10 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
         _check_leaf(leaf)
 
     def broadcast(path, m, sub):
-        if not is_array_mask(m):
-            return jax.tree.map(lambda _: bool(m), sub, is_leaf=is_none)
         where = jax.tree_util.keystr(path) or "(root)"
+        if not is_array_mask(m):
+            value = _static_value(m, where)
+            return jax.tree.map(lambda _: value, sub, is_leaf=is_none)
         if sub is None or not jax.tree_util.treedef_is_leaf(jax.tree.structure(sub)):
             raise ValueError(MASK_PREFIX_MSG.format(path=where, params=jax.tree.structure(sub)))
         if tuple(m.shape) != _shape(sub):
@@ -171,8 +199,13 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
 
 
 def _static_part(full_mask: Any) -> Any:
-    """The resolved mask with each array leaf replaced by True (run ``inner`` on it)."""
-    return jax.tree.map(lambda m: True if is_array_mask(m) else m, full_mask)
+    """The resolved mask with each array leaf and multiplier replaced by True (run ``inner``)."""
+    return jax.tree.map(lambda m: True if is_array_mask(m) or is_multiplier(m) else m, full_mask)
+
+
+def max_multiplier(full_mask: Any) -> float:
+    """The largest multiplier of a resolved mask (1 where it has only bools and arrays)."""
+    return max([1.0, *(m for m in jax.tree.leaves(full_mask) if is_multiplier(m))])
 
 
 def _has_array_leaf(tree: Any) -> bool:
@@ -180,7 +213,9 @@ def _has_array_leaf(tree: Any) -> bool:
 
 
 def masked(
-    inner: optax.GradientTransformationExtraArgs, mask: MaskOrFn
+    inner: optax.GradientTransformationExtraArgs,
+    mask: MaskOrFn,
+    check_multiplier: Callable[[float], None] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """``inner`` applied where ``mask`` is True: :func:`optax.masked`, with the mask checked.
 
@@ -189,7 +224,11 @@ def masked(
     Its Python-bool part selects leaves exactly as :func:`optax.masked` does,
     with no extra operations. A boolean array leaf runs ``inner`` on its whole
     param leaf, as a ``True`` leaf would, and keeps ``inner``'s update where
-    the array is True and the incoming update elsewhere (``jnp.where``). The
+    the array is True and the incoming update elsewhere (``jnp.where``). A
+    multiplier leaf runs ``inner`` too, which gets the resolved mask as the extra
+    argument ``decay_multipliers`` (only when the mask has multipliers) and
+    scales its rate by it; ``check_multiplier`` is called with the largest
+    multiplier at ``init`` and ``update``. The
     state is that of :func:`optax.masked` with ``True`` at those leaves, so it
     does not depend on the kind of mask. Running ``inner`` on the masked-out
     elements too is correct because every ``inner`` this package masks
@@ -202,13 +241,21 @@ def masked(
     if mask is None:
         return inner
 
+    def resolve(params):
+        full = resolve_mask(mask, params)
+        if check_multiplier is not None:
+            check_multiplier(max_multiplier(full))
+        return full
+
     def init_fn(params):
-        return optax.masked(inner, _static_part(resolve_mask(mask, params))).init(params)
+        return optax.masked(inner, _static_part(resolve(params))).init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
         if updates is None or params is None:  # inner returns None, or says params are missing
             return inner.update(updates, state, params, **extra_args)
-        full = resolve_mask(mask, params)
+        full = resolve(params)
+        if any(is_multiplier(m) for m in jax.tree.leaves(full)):
+            extra_args = {**extra_args, "decay_multipliers": full}
         new, state = optax.masked(inner, _static_part(full)).update(
             updates, state, params, **extra_args
         )
@@ -289,3 +336,59 @@ def weight_decay_mask(
         return bool(np.ndim(leaf) >= min_ndim and not names & excluded)
 
     return jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_none)
+
+
+def weight_decay_multipliers(
+    rules: Sequence[tuple[str, float]], default: float = 0.0
+) -> Callable[[Any], Any]:
+    """A callable mask of per-leaf multipliers of ``lambda``, from ``(regex, multiplier)`` rules.
+
+    Each leaf's path keys are joined by ``/`` (e.g. ``"layers/0/attn/kernel"``)
+    and matched with :func:`re.fullmatch` against the rules in order; the first
+    rule that matches gives the leaf's multiplier, and a leaf that no rule
+    matches gets ``default``. This is big_vision's ``wd_mults``: e.g.
+    ``[(".*head/kernel", 100.0), (".*/kernel", 1.0)]`` decays the head 100x
+    harder, the other kernels normally and nothing else. Works on plain dicts,
+    Flax Linen params and Flax NNX ``State`` (an NNX ``Variable``'s ``.value``
+    is not part of the name). Pass it as ``mask=``; under
+    :func:`optax.inject_hyperparams` with ``static_args="mask"``.
+
+    Args:
+      rules: ``(regex, multiplier)`` pairs, ``multiplier >= 0`` (``True`` is 1,
+        ``False`` 0).
+      default: the multiplier of a leaf that no rule matches; 0 leaves it undecayed.
+
+    Returns:
+      A callable ``params -> pytree`` of multipliers with the params' structure.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> mults = weight_decay_multipliers([(".*head/kernel", 10.0), (".*kernel", 1.0)])
+      >>> mults({"body": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+      ...        "head": {"kernel": jnp.ones((2, 1))}})
+      {'body': {'bias': 0.0, 'kernel': 1.0}, 'head': {'kernel': 10.0}}
+    """
+    compiled = []
+    for rule in rules:
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise TypeError(f"`rules` must be (regex, multiplier) pairs, got {rule!r}.")
+        pattern, mult = rule
+        _static_value(mult, f"of the rule {pattern!r}")
+        compiled.append((re.compile(pattern), mult))
+    _static_value(default, "`default`")
+
+    def multipliers(params: Any) -> Any:
+        check_not_step_count("weight_decay_multipliers", params)
+
+        def decide(path, leaf):
+            if leaf is None:
+                return None
+            keys = [_key_name(k) for k in path]
+            if isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
+                keys.pop()  # an NNX Variable's array: "dense/kernel", not "dense/kernel/value"
+            name = "/".join(keys)
+            return next((m for regex, m in compiled if regex.fullmatch(name)), default)
+
+        return jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_none)
+
+    return multipliers

@@ -297,7 +297,9 @@ BAD_MASKS = {  # id -> (mask, error, message); an array stands for the mask of "
     "missing-key": ({"w": True, "b": False}, ValueError, "`mask` does not match the structure"),
     "extra-key": ({**WBK, "x": True}, ValueError, "`mask` does not match"),
     "wrong-type": ([True, False], ValueError, "`mask` does not match the structure of the params"),
-    "non-bool-leaves": ({"w": 1, "b": 0, "k": 1}, TypeError, "`mask` leaves must be Python bools"),
+    "negative-multiplier": ({**WBK, "w": -0.5}, ValueError, r"\['w'\] is -0.5: .* >= 0"),
+    "nan-multiplier": ({**WBK, "w": float("nan")}, ValueError, "must be finite and >= 0"),
+    "string-leaf": ({**WBK, "w": "yes"}, TypeError, "`mask` leaves must be Python bools"),
     "np-array-wrong-shape": (np.ones((5,), bool), ValueError, WRONG_SHAPE),
     "jnp-array-wrong-shape": (jnp.ones((5,), bool), ValueError, WRONG_SHAPE),
     "float-array": (
@@ -319,3 +321,82 @@ def test_bad_mask(name, case):
     with pytest.raises(error, match=match) as info:
         tx.update(params, tx.init(params), params)
     assert type(info.value) is error
+
+
+# ---- Per-leaf multipliers of lambda
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_multiplier_m_decays_its_leaf_as_m_times_lambda(name):
+    """Every rule is elementwise, so each leaf follows the run whose lambda it was given."""
+    params, grads = make_problem(4)
+    lam = REGISTRY[name].lam
+    got = run(build(name, mask={"w": 2.5, "b": 0, "k": 1}), params, grads)[-1]
+    scaled = run(build(name, weight_decay=2.5 * lam, mask=WBK), params, grads)[-1]
+    base = run(build(name, mask=WBK), params, grads)[-1]
+    chex.assert_trees_all_close(got, {**base, "w": scaled["w"]}, rtol=1e-12, atol=1e-14)
+    assert max_rel_diff(got["w"], base["w"]) > 1e-6
+
+
+@pytest.mark.x64
+def test_multipliers_under_jit_and_inject_hyperparams():
+    params, grads = make_problem(3)
+    mults = od.weight_decay_multipliers([("w", 3.0), ("k", 1.0)])
+    injected = optax.inject_hyperparams(od.adamw, static_args="mask")(0.1, 0.05, mask=mults)
+    got = run(injected, params, grads)[-1]
+    chex.assert_trees_all_close(got, run(od.adamw(0.1, 0.05, mask=mults), params, grads)[-1])
+    want = run(od.adamw(0.1, 0.15, mask=WBK), params, grads)[-1]["w"]
+    chex.assert_trees_all_close(got["w"], want, rtol=1e-12)
+
+
+def test_multiplier_that_makes_the_decay_factor_negative_raises():
+    params = make_params(jnp.float32)
+    with pytest.raises(ValueError, match=r"1 - 6\*eta_t\*lambda = 1 - 1\*1.2"):
+        od.adamw(0.1, 0.2, mask={**WBK, "w": 6.0}).init(params)
+    od.prox_adam(0.1, 0.2, mask={**WBK, "w": 6.0}).init(params)  # the prox is stable
+
+
+def test_weight_decay_multipliers_first_rule_wins_on_dicts_linen_and_nnx():
+    rules = [(".*out/kernel", 10.0), (".*kernel", 1.0), (".*norm/.*", 0.5)]
+    tree = {"layers": [{"attn": {"kernel": jnp.ones((2, 2))}}], "out": {"kernel": jnp.ones(2)}}
+    assert od.weight_decay_multipliers([("layers/0/attn/kernel", 2.0)], default=1.0)(tree) == {
+        "layers": [{"attn": {"kernel": 2.0}}],
+        "out": {"kernel": 1.0},
+    }
+    linen_params = LinenNet().init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+    assert od.weight_decay_multipliers([(".*Dense_1/kernel", 10.0), (".*kernel", 1)])(linen_params)[
+        "Dense_1"
+    ] == {"kernel": 10.0, "bias": 0.0}
+    state = nnx.state(NnxNet(nnx.Rngs(0)), nnx.Param)
+    got = od.weight_decay_multipliers(rules)(state)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in p): v for p, v in nnx.to_flat_state(got)}
+    assert flat == {
+        "dense/kernel": 1.0,
+        "dense/bias": 0.0,
+        "norm/scale": 0.5,
+        "norm/bias": 0.5,
+        "out/kernel": 10.0,
+        "out/bias": 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("rules", "kwargs", "error", "match"),
+    [
+        ([("w", -1.0)], {}, ValueError, "must be finite and >= 0"),
+        (["w"], {}, TypeError, r"\(regex, multiplier\) pairs"),
+        ([("w(", 1.0)], {}, Exception, "missing"),
+        ([], dict(default=float("inf")), ValueError, "`default`"),
+    ],
+)
+def test_weight_decay_multipliers_bad_rules(rules, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        od.weight_decay_multipliers(rules, **kwargs)
+
+
+def test_weight_decay_multipliers_rejects_a_step_count_and_flat_layouts_reject_multipliers():
+    with pytest.raises(TypeError, match='static_args="mask"'):
+        od.weight_decay_multipliers([("w", 2.0)])(jnp.asarray(3))
+    with pytest.raises(NotImplementedError, match="not supported on flat buffers yet"):
+        od.flat_layout(make_params(jnp.float32), mask={**WBK, "w": 2.0})
