@@ -12,7 +12,9 @@ from optax_decay._alias import sgdw as sgdw
 from optax_decay._convert import coupled_to_paper as coupled_to_paper
 from optax_decay._convert import normalized_weight_decay as normalized_weight_decay
 from optax_decay._convert import paper_to_coupled as paper_to_coupled
+from optax_decay._convert import timescale_from_epochs as timescale_from_epochs
 from optax_decay._convert import timescale_from_weight_decay as timescale_from_weight_decay
+from optax_decay._convert import timescale_to_epochs as timescale_to_epochs
 from optax_decay._convert import weight_decay_from_timescale as weight_decay_from_timescale
 from optax_decay._decoupled import DecoupledDecayState as DecoupledDecayState
 from optax_decay._decoupled import cautious_decay as cautious_decay
@@ -52,7 +54,9 @@ __all__ = [
     "scale_by_adam",
     "sgd_l2",
     "sgdw",
+    "timescale_from_epochs",
     "timescale_from_weight_decay",
+    "timescale_to_epochs",
     "weight_decay_from_timescale",
     "weight_decay_mask",
     "weight_decay_multipliers",

@@ -112,6 +112,42 @@ def weight_decay_from_timescale(timescale: float, schedule: float = 1.0) -> floa
     return 1.0 / (schedule * timescale)
 
 
+def timescale_to_epochs(timescale: float, batch_size: int, num_examples: int) -> float:
+    r"""The decay's EMA timescale in epochs: ``tau_epoch = tau_iter * B / N``.
+
+    ``B`` examples per update, ``N`` per epoch. Wang & Aitchison (*How to set
+    AdamW's weight decay as you scale model and dataset size*, 2024,
+    https://arxiv.org/abs/2405.13698) find the best ``tau_epoch`` stable across
+    model and dataset sizes.
+
+    Example:
+      >>> timescale_to_epochs(10_000.0, batch_size=128, num_examples=50_000)
+      25.6
+    """
+    _check_positive(timescale=timescale, batch_size=batch_size, num_examples=num_examples)
+    return timescale * batch_size / num_examples
+
+
+def timescale_from_epochs(timescale: float, batch_size: int, num_examples: int) -> float:
+    r"""The decay's EMA timescale in iterations from one in epochs: ``tau_iter = tau_epoch * N / B``.
+
+    The inverse of :func:`timescale_to_epochs`; pass the result to
+    :func:`weight_decay_from_timescale`.
+
+    Example:
+      >>> timescale_from_epochs(25.6, batch_size=128, num_examples=50_000)
+      10000.0
+    """
+    _check_positive(timescale=timescale, batch_size=batch_size, num_examples=num_examples)
+    return timescale * num_examples / batch_size
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+
+
 def normalized_weight_decay(
     normalized: float, batch_size: int, num_examples: int, num_epochs: float
 ) -> float:
@@ -131,11 +167,5 @@ def normalized_weight_decay(
       0.00017888543819998318
     """
     check_nonnegative("normalized", normalized)
-    for name, value in (
-        ("batch_size", batch_size),
-        ("num_examples", num_examples),
-        ("num_epochs", num_epochs),
-    ):
-        if not value > 0:
-            raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+    _check_positive(batch_size=batch_size, num_examples=num_examples, num_epochs=num_epochs)
     return normalized * math.sqrt(batch_size / (num_examples * num_epochs))

@@ -39,6 +39,17 @@ def test_normalized_weight_decay():
     )
 
 
+def test_epoch_timescale_both_ways():
+    """tau_epoch = tau_iter * B / N: 1/lambda iterations of B examples, N examples per epoch."""
+    lam, batch, n = 2e-4, 64, 60_000
+    tau_iter = od.timescale_from_weight_decay(lam)
+    tau_epoch = od.timescale_to_epochs(tau_iter, batch, n)
+    assert tau_epoch == pytest.approx(batch / (lam * n))
+    assert od.timescale_from_epochs(tau_epoch, batch, n) == pytest.approx(tau_iter)
+    # Twice the batch at the same lambda: twice as many epochs for one timescale.
+    assert od.timescale_to_epochs(tau_iter, 2 * batch, n) == pytest.approx(2 * tau_epoch)
+
+
 @pytest.mark.parametrize(
     "call, arg",
     [
@@ -47,6 +58,8 @@ def test_normalized_weight_decay():
         (lambda: od.timescale_from_weight_decay(0.0), "weight_decay"),
         (lambda: od.weight_decay_from_timescale(-3.0), "timescale"),
         (lambda: od.normalized_weight_decay(0.05, 0, 100, 10), "batch_size"),
+        (lambda: od.timescale_to_epochs(100.0, 32, 0), "num_examples"),
+        (lambda: od.timescale_from_epochs(float("inf"), 32, 100), "timescale"),
     ],
 )
 def test_bad_input(call, arg):
