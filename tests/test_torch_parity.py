@@ -1,20 +1,9 @@
 """Step-by-step parity with ``torch.optim`` on CPU in float64.
 
-The same random gradients are fed to a ``torch.optim`` optimizer (by setting
-``p.grad``) and to the matching ``optax_decay`` optimizer, and the params are
-compared after every step with float64 round-off tolerances. The conventions
-checked here are the ones the docstrings promise:
-
-* ``adamw(lr, wd, coupled=True)`` is ``torch.optim.AdamW(lr, weight_decay=wd)``;
-* ``adamw(lr, wd_paper)`` (paper form) is ``torch.optim.AdamW`` with
-  ``weight_decay = wd_paper / lr``;
-* ``adam_l2`` is ``torch.optim.Adam(weight_decay=wd)``;
-* ``sgd_l2`` is ``torch.optim.SGD(weight_decay=wd, momentum=mu, nesterov=...)``;
-* a ``schedule`` ``eta_t`` with ``t = 0`` at the first update is torch's
-  ``LambdaLR`` (which multiplies ``lr`` by ``lambda(0)`` for the first step).
-
-A few negative controls check that the comparison is sharp enough to tell the
-conventions apart.
+The same random gradients are fed to a ``torch.optim`` optimizer (by setting ``p.grad``) and
+to the matching ``optax_decay`` optimizer, and the params are compared after every step with
+float64 round-off tolerances; the conventions checked (the sections below) are the ones the
+docstrings promise. Negative controls check that the comparison tells them apart.
 """
 
 from __future__ import annotations
@@ -31,7 +20,7 @@ import chex  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-import optax_decay  # noqa: E402
+import optax_decay as od  # noqa: E402
 
 SHAPES = {"a": (3, 4), "b": (4,), "c": (2, 2, 3)}
 NUM_STEPS = 20
@@ -39,22 +28,15 @@ RTOL = 1e-12
 ATOL = 1e-14
 
 pytestmark = pytest.mark.x64
-
-
-# ---- The parity driver.
+LINEAR = optax.linear_schedule(0.1, 0.01, NUM_STEPS)
+ADAM = dict(b1=0.8, b2=0.95, eps=1e-3)  # and for torch:
+TORCH_ADAM = dict(betas=(0.8, 0.95), eps=1e-3)
 
 
 def _run_parity(tx, make_torch, *, seed=0, grad_scale=1.0, per_step=None):
-    """Runs ``tx`` and a torch optimizer side by side, comparing after each step.
-
-    Args:
-      tx: the optax_decay transformation.
-      make_torch: ``list[Parameter] -> (optimizer, scheduler or None)``.
-      seed: seed of the initial params and of the gradient stream.
-      grad_scale: the gradients' standard deviation.
-      per_step: optional ``(optimizer, t) -> None`` called before torch's
-        step ``t`` (``t = 0`` first), to set per-group ``lr``/``weight_decay``.
-    """
+    """Runs ``tx`` and ``make_torch(params) -> (optimizer, scheduler or None)`` side by side
+    on gradients of std ``grad_scale``, comparing after each step; ``per_step(opt, t)`` sets
+    per-group ``lr``/``weight_decay`` before torch's step ``t`` (``t = 0`` first)."""
     rng = np.random.default_rng(seed)
     init = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
 
@@ -64,7 +46,6 @@ def _run_parity(tx, make_torch, *, seed=0, grad_scale=1.0, per_step=None):
     opt, sched = make_torch(list(tparams.values()))
 
     state = tx.init(params)
-    update = tx.update  # eager: 20 small steps run faster than compiling each optimizer
     for t in range(NUM_STEPS):
         grads = {k: grad_scale * rng.standard_normal(s) for k, s in SHAPES.items()}
 
@@ -76,7 +57,8 @@ def _run_parity(tx, make_torch, *, seed=0, grad_scale=1.0, per_step=None):
         if sched is not None:
             sched.step()
 
-        updates, state = update({k: jnp.asarray(g) for k, g in grads.items()}, state, params)
+        # eager: 20 small steps run faster than compiling each optimizer
+        updates, state = tx.update({k: jnp.asarray(g) for k, g in grads.items()}, state, params)
         params = optax.apply_updates(params, updates)
 
         expected = {k: p.detach().numpy().copy() for k, p in tparams.items()}
@@ -95,22 +77,13 @@ def _torch(cls, **kwargs):
 
 
 def _torch_lambda_lr(cls, eta, **kwargs):
-    def make(ps):
-        opt = cls(ps, **kwargs)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, eta)
-
-    return make
+    return lambda ps: (opt := cls(ps, **kwargs), torch.optim.lr_scheduler.LambdaLR(opt, eta))
 
 
 def _at_count(schedule, t):
-    """An Optax schedule's value at step ``t`` as the optimizer sees it: on an int32 count.
-
-    Optax's step counters are int32, and JAX evaluates e.g. ``count / n`` for an
-    int32 ``count`` in float32 even with x64 enabled, so ``linear_schedule`` and
-    friends come out rounded to float32 (relative error ~1e-8). Torch is given
-    exactly that value, so that the test compares the optimizers, not the
-    schedule's arithmetic.
-    """
+    """An Optax schedule's value at step ``t`` as the optimizer sees it: on an int32 count,
+    which JAX divides in float32 even with x64 (relative error ~1e-8). Torch gets exactly
+    that value, so that the test compares the optimizers, not the schedule's arithmetic."""
     return float(schedule(jnp.asarray(t, jnp.int32)))
 
 
@@ -155,8 +128,8 @@ ADAM_SETTINGS = [
 @pytest.mark.parametrize(
     "ours, theirs",
     [
-        (functools.partial(optax_decay.adamw, coupled=True), torch.optim.AdamW),
-        (optax_decay.adam_l2, torch.optim.Adam),
+        (functools.partial(od.adamw, coupled=True), torch.optim.AdamW),
+        (od.adam_l2, torch.optim.Adam),
     ],
     ids=["adamw_coupled-AdamW", "adam_l2-Adam"],
 )
@@ -168,10 +141,8 @@ def test_adam_family_matches_torch(ours, theirs, hp):
 
 def test_adamw_coupled_matches_torch_adamw_foreach():
     """Torch's multi-tensor implementation is the same optimizer."""
-    tx = optax_decay.adamw(0.1, 0.5, coupled=True, b1=0.8, b2=0.95, eps=1e-3)
-    make = _torch(
-        torch.optim.AdamW, lr=0.1, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.5, foreach=True
-    )
+    tx = od.adamw(0.1, 0.5, coupled=True, **ADAM)
+    make = _torch(torch.optim.AdamW, lr=0.1, weight_decay=0.5, foreach=True, **TORCH_ADAM)
     _run_parity(tx, make, seed=3)
 
 
@@ -187,8 +158,8 @@ def test_adamw_coupled_matches_torch_adamw_foreach():
     ],
 )
 def test_adamw_paper_matches_torch_adamw_rescaled(lr, wd_paper, betas, eps):
-    tx = optax_decay.adamw(lr, wd_paper, b1=betas[0], b2=betas[1], eps=eps)
-    wd_torch = optax_decay.paper_to_coupled(wd_paper, lr)
+    tx = od.adamw(lr, wd_paper, b1=betas[0], b2=betas[1], eps=eps)
+    wd_torch = od.paper_to_coupled(wd_paper, lr)
     assert wd_torch == pytest.approx(wd_paper / lr, rel=1e-15)
     make = _torch(torch.optim.AdamW, lr=lr, betas=betas, eps=eps, weight_decay=wd_torch)
     _run_parity(tx, make, seed=1)
@@ -200,10 +171,9 @@ def test_adamw_paper_with_lr_schedule_matches_torch_with_rescaled_decay():
     In torch that is AdamW with ``lr = alpha(t)`` and ``weight_decay = lambda / alpha(t)``
     set per step.
     """
-    alpha = optax.linear_schedule(0.1, 0.01, NUM_STEPS)
-    wd_paper = 0.02
-    tx = optax_decay.adamw(alpha, wd_paper, b1=0.8, b2=0.95, eps=1e-3)
-    make = _torch(torch.optim.AdamW, lr=0.1, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.0)
+    alpha, wd_paper = LINEAR, 0.02
+    tx = od.adamw(alpha, wd_paper, **ADAM)
+    make = _torch(torch.optim.AdamW, lr=0.1, weight_decay=0.0, **TORCH_ADAM)
     per_step = _set_groups(
         lr=lambda t: _at_count(alpha, t), weight_decay=lambda t: wd_paper / _at_count(alpha, t)
     )
@@ -225,18 +195,15 @@ def test_adamw_paper_with_lr_schedule_matches_torch_with_rescaled_decay():
     ],
 )
 def test_sgd_l2_matches_torch_sgd(lr, wd, momentum, nesterov):
-    tx = optax_decay.sgd_l2(lr, wd, momentum=momentum, nesterov=nesterov)
+    tx = od.sgd_l2(lr, wd, momentum=momentum, nesterov=nesterov)
     make = _torch(
-        torch.optim.SGD,
-        lr=lr,
-        momentum=0.0 if momentum is None else momentum,
-        nesterov=nesterov,
-        weight_decay=wd,
+        torch.optim.SGD, lr=lr, momentum=momentum or 0.0, nesterov=nesterov, weight_decay=wd
     )
     _run_parity(tx, make, seed=4)
 
 
-# ---- 4. Schedules: eta_t at t = 0 for the first update, like torch's LambdaLR.
+# ---- 4. Schedules: eta_t at t = 0 for the first update, like torch's LambdaLR (which
+# multiplies ``lr`` by ``lambda(0)`` for the first step).
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -244,10 +211,8 @@ def test_adamw_coupled_schedule_matches_torch_lambda_lr(name):
     """torch's AdamW at step t uses ``lr*eta_t`` for both the step and the decay."""
     eta_jax, eta_py = SCHEDULES[name]
     lr, wd = 0.1, 0.5
-    tx = optax_decay.adamw(lr, wd, coupled=True, b1=0.8, b2=0.95, eps=1e-3, schedule=eta_jax)
-    make = _torch_lambda_lr(
-        torch.optim.AdamW, eta_py, lr=lr, betas=(0.8, 0.95), eps=1e-3, weight_decay=wd
-    )
+    tx = od.adamw(lr, wd, coupled=True, schedule=eta_jax, **ADAM)
+    make = _torch_lambda_lr(torch.optim.AdamW, eta_py, lr=lr, weight_decay=wd, **TORCH_ADAM)
     _run_parity(tx, make, seed=5)
 
 
@@ -256,7 +221,7 @@ def test_adamw_paper_schedule_matches_torch_lambda_lr(name):
     """Paper form: decay ``eta_t*lambda`` = torch's ``(lr*eta_t) * (lambda/lr)``."""
     eta_jax, eta_py = SCHEDULES[name]
     lr, wd_paper = 0.05, 0.04
-    tx = optax_decay.adamw(lr, wd_paper, schedule=eta_jax)
+    tx = od.adamw(lr, wd_paper, schedule=eta_jax)
     make = _torch_lambda_lr(torch.optim.AdamW, eta_py, lr=lr, weight_decay=wd_paper / lr)
     _run_parity(tx, make, seed=6, grad_scale=0.5)
 
@@ -275,7 +240,7 @@ def test_adamw_coupled_lr_schedule_and_eta_match_torch(alpha):
     """A ``learning_rate`` schedule times ``eta_t``: torch gets ``lr = alpha(t)*eta_t``."""
     eta_jax, _ = SCHEDULES["inverse"]
     wd = 0.3
-    tx = optax_decay.adamw(alpha, wd, coupled=True, b1=0.9, b2=0.99, eps=1e-6, schedule=eta_jax)
+    tx = od.adamw(alpha, wd, coupled=True, b1=0.9, b2=0.99, eps=1e-6, schedule=eta_jax)
     make = _torch(torch.optim.AdamW, lr=0.2, betas=(0.9, 0.99), eps=1e-6, weight_decay=wd)
     # Each factor as the optimizer sees it, multiplied in float64 as the package does.
     per_step = _set_groups(lr=lambda t: _at_count(alpha, t) * _at_count(eta_jax, t))
@@ -286,16 +251,12 @@ def test_adamw_coupled_lr_schedule_and_eta_match_torch(alpha):
     "tx, make",
     [
         pytest.param(
-            optax_decay.adam_l2(
-                optax.linear_schedule(0.1, 0.01, NUM_STEPS), 0.2, b1=0.8, b2=0.95, eps=1e-3
-            ),
-            _torch(torch.optim.Adam, lr=0.1, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.2),
+            od.adam_l2(LINEAR, 0.2, **ADAM),
+            _torch(torch.optim.Adam, lr=0.1, weight_decay=0.2, **TORCH_ADAM),
             id="adam_l2",
         ),
         pytest.param(
-            optax_decay.sgd_l2(
-                optax.linear_schedule(0.1, 0.01, NUM_STEPS), 0.3, momentum=0.9, nesterov=True
-            ),
+            od.sgd_l2(LINEAR, 0.3, momentum=0.9, nesterov=True),
             _torch(torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.3),
             id="sgd_l2-nesterov",
         ),
@@ -303,17 +264,14 @@ def test_adamw_coupled_lr_schedule_and_eta_match_torch(alpha):
 )
 def test_l2_optimizers_with_optax_lr_schedule_match_torch(tx, make):
     """An Optax ``learning_rate`` schedule for the L2 forms: torch's ``lr = alpha(t)``."""
-    alpha = optax.linear_schedule(0.1, 0.01, NUM_STEPS)
-    _run_parity(tx, make, seed=10, per_step=_set_groups(lr=lambda t: _at_count(alpha, t)))
+    _run_parity(tx, make, seed=10, per_step=_set_groups(lr=lambda t: _at_count(LINEAR, t)))
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_adam_l2_schedule_matches_torch_lambda_lr(name):
     eta_jax, eta_py = SCHEDULES[name]
-    tx = optax_decay.adam_l2(0.05, 0.2, b1=0.8, b2=0.95, eps=1e-3, schedule=eta_jax)
-    make = _torch_lambda_lr(
-        torch.optim.Adam, eta_py, lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.2
-    )
+    tx = od.adam_l2(0.05, 0.2, schedule=eta_jax, **ADAM)
+    make = _torch_lambda_lr(torch.optim.Adam, eta_py, lr=0.05, weight_decay=0.2, **TORCH_ADAM)
     _run_parity(tx, make, seed=8)
 
 
@@ -321,7 +279,7 @@ def test_adam_l2_schedule_matches_torch_lambda_lr(name):
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_sgd_l2_schedule_matches_torch_lambda_lr(name, nesterov):
     eta_jax, eta_py = SCHEDULES[name]
-    tx = optax_decay.sgd_l2(0.05, 0.3, momentum=0.9, nesterov=nesterov, schedule=eta_jax)
+    tx = od.sgd_l2(0.05, 0.3, momentum=0.9, nesterov=nesterov, schedule=eta_jax)
     make = _torch_lambda_lr(
         torch.optim.SGD, eta_py, lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=0.3
     )
@@ -334,27 +292,27 @@ def test_sgd_l2_schedule_matches_torch_lambda_lr(name, nesterov):
 PIECEWISE_JAX, PIECEWISE_PY = SCHEDULES["piecewise"]
 CONTROLS = {  # name -> (tx, torch optimizer) that must not match
     "paper-adamw-vs-torch-adamw-same-wd": (
-        optax_decay.adamw(1e-2, 0.1),
+        od.adamw(1e-2, 0.1),
         _torch(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
     ),
     "coupled-adamw-vs-torch-adam-l2": (
-        optax_decay.adamw(1e-2, 0.1, coupled=True),
+        od.adamw(1e-2, 0.1, coupled=True),
         _torch(torch.optim.Adam, lr=1e-2, weight_decay=0.1),
     ),
     "adam-l2-vs-torch-adamw": (
-        optax_decay.adam_l2(1e-2, 0.1),
+        od.adam_l2(1e-2, 0.1),
         _torch(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
     ),
     "nesterov-vs-heavy-ball": (
-        optax_decay.sgd_l2(0.05, 0.1, momentum=0.9, nesterov=True),
+        od.sgd_l2(0.05, 0.1, momentum=0.9, nesterov=True),
         _torch(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=0.1),
     ),
     "eps-inside-the-sqrt-vs-torch-eps": (  # with grad_scale 0.5
-        optax_decay.adamw(1e-2, 0.1, coupled=True, eps=0.0, eps_root=1e-2),
+        od.adamw(1e-2, 0.1, coupled=True, eps=0.0, eps_root=1e-2),
         _torch(torch.optim.AdamW, lr=1e-2, eps=0.1, weight_decay=0.1),
     ),
     "schedule-off-by-one-vs-lambda-lr": (  # eta_{t+1} at the first update instead of eta_0
-        optax_decay.adamw(0.1, 0.5, coupled=True, schedule=lambda t: PIECEWISE_JAX(t + 1)),
+        od.adamw(0.1, 0.5, coupled=True, schedule=lambda t: PIECEWISE_JAX(t + 1)),
         _torch_lambda_lr(torch.optim.AdamW, PIECEWISE_PY, lr=0.1, weight_decay=0.5),
     ),
 }
