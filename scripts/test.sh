@@ -11,6 +11,12 @@ source scripts/venv.sh test
 # parity tests skip if it cannot be installed.
 .venv/bin/python -m pip install -q torch==2.13.0 ||
   echo "warning: torch==2.13.0 not installed; torch parity tests will be skipped"
+# The peers of tests/test_peers.py, with --no-deps so that they cannot replace torch
+# (timm's modules are loaded without its torchvision); their tests skip if absent.
+.venv/bin/python -m pip install -q --no-deps heavyball==3.2.1 opt-einsum==3.4.0 ||
+  echo "warning: heavyball==3.2.1 not installed; its parity tests will be skipped"
+.venv/bin/python -m pip install -q --no-deps timm==1.0.31 ||
+  echo "warning: timm==1.0.31 not installed; its parity tests will be skipped"
 bash scripts/setup_data.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
