@@ -1,5 +1,1 @@
-"""The examples of optax_decay: runnable scripts and the modules they share (see README.md).
-
-Shared modules: ``optimizers`` (the registry and the conventions), ``data``, ``models``,
-``grid`` (vmapped hyperparameter grids), ``cli`` and ``reporting``.
-"""
+"""The examples of optax_decay: runnable scripts and the modules they share (see README.md)."""

@@ -1,14 +1,9 @@
 """The examples' data: scikit-learn's digits, Fashion-MNIST from local IDX files, and batches.
 
-Nothing is downloaded. Fashion-MNIST comes from the Debian package
-``dataset-fashion-mnist``, which puts the four gzipped IDX files in
-``/usr/share/datasets/fashion-mnist`` (``scripts/setup_data.sh`` installs it);
-any folder holding the same four files (gzipped or not) works through
-``--data-dir``. The 8x8 digits ship inside scikit-learn and serve the tests and
-the quickest runs.
-
-Images come back as ``float32`` arrays of shape ``(N, H, W, 1)`` in ``[0, 1]``,
-labels as ``int32``. :func:`batch_indices` is every script's batch order.
+Nothing is downloaded: Fashion-MNIST's four IDX files (gzipped or not) are read from
+``--data-dir``, by default where the Debian package ``dataset-fashion-mnist`` puts them
+(``scripts/setup_data.sh`` installs it). Images are ``float32`` ``(N, H, W, 1)`` in ``[0, 1]``,
+labels ``int32``.
 """
 
 from __future__ import annotations
@@ -58,13 +53,6 @@ class Dataset:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
-def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
-    for name in (stem + ".gz", stem):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def read_idx(path: pathlib.Path) -> np.ndarray:
     """One IDX file (gzipped or not) as a uint8 array of the shape its header gives."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -80,30 +68,15 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def load_fashion_mnist(
-    data_dir: str | pathlib.Path = DEFAULT_DIR,
-    *,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    seed: int = 0,
-) -> Dataset:
-    """Fashion-MNIST (60,000 train and 10,000 test 28x28 images, 10 classes).
-
-    ``train_size`` and ``test_size`` keep a random subset (fixed by ``seed``)
-    of the two splits; ``None`` keeps all of it.
-
-    Raises:
-      DatasetMissingError: with the command that installs the files.
-    """
+def load_fashion_mnist(data_dir=DEFAULT_DIR, *, train_size=None, test_size=None, seed=0) -> Dataset:
+    """Fashion-MNIST, 60,000 train and 10,000 test 28x28 images; ``train_size`` and
+    ``test_size`` keep a random subset (fixed by ``seed``) of the splits."""
     folder = pathlib.Path(data_dir)
-    paths = {key: _find(folder, stem) for key, stem in FILES.items()}
-    missing = [FILES[key] for key, path in paths.items() if path is None]
-    if missing:
-        raise DatasetMissingError(
-            MISSING_MSG.format(
-                missing=", ".join(missing), folder=folder, names=", ".join(FILES.values())
-            )
-        )
+    candidates = {key: (folder / f"{stem}.gz", folder / stem) for key, stem in FILES.items()}
+    paths = {key: next((p for p in c if p.is_file()), None) for key, c in candidates.items()}
+    if missing := [FILES[key] for key, path in paths.items() if path is None]:
+        names = {"missing": ", ".join(missing), "names": ", ".join(FILES.values())}
+        raise DatasetMissingError(MISSING_MSG.format(folder=folder, **names))
     arrays = {key: read_idx(path) for key, path in paths.items()}
     rng = np.random.default_rng(seed)
     out = {}
@@ -131,13 +104,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
     return Dataset("digits", x_train, y_train, x_test, y_test)
 
 
-def load(
-    name: str,
-    data_dir: str | pathlib.Path = DEFAULT_DIR,
-    *,
-    train_size: int | None = None,
-    seed: int = 0,
-) -> Dataset:
+def load(name: str, data_dir=DEFAULT_DIR, *, train_size: int | None = None, seed=0) -> Dataset:
     """``load_fashion_mnist`` or ``load_digits`` by name (see ``DATASETS``)."""
     if name == "fashion_mnist":
         return load_fashion_mnist(data_dir, train_size=train_size, seed=seed)
@@ -147,12 +114,9 @@ def load(
 
 
 def batch_indices(num_examples: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
-    """``(steps, batch_size)`` indices of shuffled epochs (the remainder of each is dropped).
-
-    The epochs are drawn one after the other from one generator seeded with ``seed``, so the
-    batch of step ``t`` depends on ``seed`` and ``t`` only, whatever ``steps`` is: every run
-    with the same seed sees the same batches, and a resumed run the batches it missed.
-    """
+    """``(steps, batch_size)`` indices of shuffled epochs (the remainder of each is dropped),
+    drawn from one generator seeded with ``seed``: the batch of step ``t`` depends on ``seed``
+    and ``t`` only, whatever ``steps`` is (a resumed run sees the batches it missed)."""
     rng = np.random.default_rng(seed)
     per_epoch = num_examples // batch_size
     epochs = -(-steps // per_epoch)

@@ -1,15 +1,13 @@
 """The examples' Flax NNX models, an MLP and a small CNN, and what they are trained and measured by.
 
-Both end in a plain ``Linear`` classifier. ``norm="batch"`` follows every hidden ``Linear``
-or ``Conv`` with a ``BatchNorm``, which makes that layer's output invariant to the scale of
-its kernel: the case where weight decay no longer limits capacity and only changes the
-effective step size. ``norm="layer"`` uses a ``LayerNorm`` instead (the demo, flat_nnx.py).
-
-Biases and norm scales are named ``bias`` and ``scale``, so
-``optax_decay.weight_decay_mask`` decays the kernels only.
+``norm="batch"`` follows every hidden ``Linear`` or ``Conv`` with a ``BatchNorm``, which makes
+that layer scale-invariant in its kernel; ``norm="layer"`` uses a ``LayerNorm``. Biases and norm
+scales are named ``bias`` and ``scale``: ``optax_decay.weight_decay_mask`` decays the kernels.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -33,20 +31,9 @@ def _norm(kind: str | None, features: int, rngs: nnx.Rngs) -> nnx.Module | None:
 class MLP(nnx.Module):
     """flatten -> [Linear -> (norm) -> ReLU] x len(hidden) -> Linear."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, ...],
-        num_classes: int,
-        *,
-        hidden: tuple[int, ...] = (256,),
-        norm: str | None = None,
-        rngs: nnx.Rngs,
-    ):
-        d_in = 1
-        for n in image_shape:
-            d_in *= n
-        self.layers = nnx.List()
-        self.norms = nnx.List()
+    def __init__(self, image_shape: tuple, num_classes: int, *, hidden=(256,), norm=None, rngs):
+        d_in = math.prod(image_shape)
+        self.layers, self.norms = nnx.List(), nnx.List()
         for width in hidden:
             self.layers.append(nnx.Linear(d_in, width, rngs=rngs))
             self.norms.append(_norm(norm, width, rngs))
@@ -66,18 +53,9 @@ class MLP(nnx.Module):
 class CNN(nnx.Module):
     """[Conv3x3 -> (norm) -> ReLU -> 2x2 max-pool] x len(channels) -> Linear."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, ...],
-        num_classes: int,
-        *,
-        channels: tuple[int, ...] = (16, 32),
-        norm: str | None = None,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, image_shape: tuple, num_classes: int, *, channels=(16, 32), norm=None, rngs):
         height, width, c_in = image_shape
-        self.layers = nnx.List()
-        self.norms = nnx.List()
+        self.layers, self.norms = nnx.List(), nnx.List()
         for c_out in channels:
             self.layers.append(nnx.Conv(c_in, c_out, (3, 3), rngs=rngs))
             self.norms.append(_norm(norm, c_out, rngs))
@@ -93,15 +71,7 @@ class CNN(nnx.Module):
         return self.head(x.reshape(x.shape[0], -1))
 
 
-def make_model(
-    kind: str,
-    image_shape: tuple[int, ...],
-    num_classes: int,
-    *,
-    norm: str | None = None,
-    seed: int | jax.Array = 0,
-    width: tuple[int, ...] | None = None,
-) -> nnx.Module:
+def make_model(kind: str, image_shape: tuple, num_classes: int, *, norm=None, seed=0, width=None):
     """``MLP`` or ``CNN`` by name, initialized from ``seed``; ``width`` overrides its sizes."""
     rngs = nnx.Rngs(jax.random.key(seed))  # a traced seed too (one per grid member)
     if kind == "mlp":
@@ -109,6 +79,11 @@ def make_model(
     if kind == "cnn":
         return CNN(image_shape, num_classes, channels=width or (16, 32), norm=norm, rngs=rngs)
     raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(MODELS)}")
+
+
+def factory(kind: str, data, **options):
+    """``seed -> make_model(kind, ...)`` for ``data``'s image shape and classes (``model_fn``)."""
+    return lambda seed: make_model(kind, data.image_shape, data.num_classes, seed=seed, **options)
 
 
 def cross_entropy(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -122,9 +97,7 @@ def accuracy(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 @nnx.jit
-def train_step(
-    model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array, idx: jax.Array
-) -> jax.Array:
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x, y, idx: jax.Array) -> jax.Array:
     """One update of one model on the batch ``x[idx], y[idx]`` (gathered inside the jit)."""
     loss, grads = nnx.value_and_grad(cross_entropy)(model, x[idx], y[idx])
     optimizer.update(model, grads)
@@ -133,6 +106,5 @@ def train_step(
 
 def decayed_norm(params) -> jax.Array:
     """L2 norm of the leaves that ``optax_decay.weight_decay_mask`` decays (the kernels)."""
-    mask = optax_decay.weight_decay_mask(params)
-    on = jax.tree.leaves(mask)
+    on = jax.tree.leaves(optax_decay.weight_decay_mask(params))
     return optax.tree.norm([p for p, m in zip(jax.tree.leaves(params), on, strict=True) if m])

@@ -1,24 +1,20 @@
 """Multi-process (multi-host) training with JAX's distributed runtime, params sharded over all devices.
 
 A tiny two-layer MLP regression with one optimizer of the package (``adamw`` by default). Params,
-batches and optimizer state are sharded along their leading dimension over one mesh of the devices
-of all processes (replicated where it does not divide), and one ``jax.jit`` with these shardings
-lets XLA insert the cross-process collectives. Every process draws the same seeded data and puts
-only its devices' slices (``jax.make_array_from_callback``). Process 0 prints a checksum of the
-final params and writes them to ``--out`` (``.npz``): 2 processes with 2 CPU devices each give
-those of 1 process with 4 (``--cpu-devices 4``), up to float rounding. Two processes on one
-machine (gloo collectives over loopback)::
+batches and optimizer state are sharded along their leading dimension over one mesh of all
+processes' devices (replicated where it does not divide); one ``jax.jit`` lets XLA insert the
+collectives. Every process draws the same seeded data and puts only its devices' slices. Process
+0 prints a checksum of the final params and writes them to ``--out``: 2 processes with 2 CPU
+devices each give those of 1 process with 4, up to float rounding. On one machine::
 
     python examples/multihost.py --cpu-devices 2 --num-processes 2 --process-id 0 \\
         --coordinator 127.0.0.1:12355 --out out/multihost.npz &
     python examples/multihost.py --cpu-devices 2 --num-processes 2 --process-id 1 \\
         --coordinator 127.0.0.1:12355
 
-On a GPU or TPU cluster: one process per host, no ``--cpu-devices``, ``--num-processes`` the number
-of hosts, ``--process-id`` 0 on host 0, whose ``host:port`` (reachable from every host) is the
-``--coordinator``; or ``--auto-distributed``, where ``jax.distributed.initialize()`` finds all of
-this itself (Cloud TPU, SLURM, Open MPI). The global ``--batch-size`` must divide by the number of
-devices.
+On a cluster: one process per host, no ``--cpu-devices``, ``--coordinator`` host 0's ``host:port``;
+or ``--auto-distributed`` (Cloud TPU, SLURM, Open MPI). ``--batch-size`` must divide by the
+number of devices.
 """
 
 from __future__ import annotations
@@ -73,15 +69,12 @@ def setup_runtime(args) -> None:
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
         jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
+    timeout = {"initialization_timeout": args.init_timeout}
     if args.auto_distributed:
-        jax.distributed.initialize(initialization_timeout=args.init_timeout)
+        jax.distributed.initialize(**timeout)
     elif args.num_processes > 1:
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-            initialization_timeout=args.init_timeout,
-        )
+        ids = dict(num_processes=args.num_processes, process_id=args.process_id)
+        jax.distributed.initialize(coordinator_address=args.coordinator, **ids, **timeout)
 
 
 def init_params(seed: int) -> dict:
@@ -129,10 +122,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         raise cli.UsageError(
             f"`--batch-size` {args.batch_size} must be divisible by {n_dev} devices"
         )
-    log(
-        f"processes: {jax.process_count()}, devices: {n_dev} "
-        f"({jax.local_device_count()} per process, {jax.devices()[0].platform})"
-    )
+    local = f"{jax.local_device_count()} per process, {jax.devices()[0].platform}"
+    log(f"processes: {jax.process_count()}, devices: {n_dev} ({local})")
     mesh = jax.make_mesh((n_dev,), ("devices",), axis_types=(AxisType.Auto,))
 
     def sharding(shape) -> NamedSharding:  # leading dim over the devices where it divides evenly
@@ -142,9 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         return jax.tree.map(lambda x: sharding(x.shape), tree)
 
     def to_global(tree):  # every process holds all the values; it puts its devices' slices
-        def put(x):
-            return jax.make_array_from_callback(x.shape, sharding(x.shape), lambda i: x[i])
-
+        put = lambda x: jax.make_array_from_callback(x.shape, sharding(x.shape), lambda i: x[i])
         return jax.tree.map(put, tree)
 
     tx = optimizers.make(args.optimizer, args.learning_rate, args.weight_decay)
@@ -156,12 +145,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         h = jnp.tanh(batch["x"] @ p["layer1"]["kernel"] + p["layer1"]["bias"])
         return jnp.mean((h @ p["layer2"]["kernel"] + p["layer2"]["bias"] - batch["y"]) ** 2)
 
-    @functools.partial(
-        jax.jit,
-        in_shardings=(param_sh, state_sh, shardings(make_batch(args.seed, 0, args.batch_size))),
-        out_shardings=(param_sh, state_sh, sharding(())),
-        donate_argnums=(0, 1),
-    )
+    in_sh = (param_sh, state_sh, shardings(make_batch(args.seed, 0, args.batch_size)))
+    out_sh = (param_sh, state_sh, sharding(()))
+
+    @functools.partial(jax.jit, in_shardings=in_sh, out_shardings=out_sh, donate_argnums=(0, 1))
     def train_step(p, s, batch):
         loss, grads = jax.value_and_grad(loss_fn)(p, batch)
         updates, s = tx.update(grads, s, p)

@@ -10,10 +10,6 @@ Every script builds its optimizer with :func:`make`. The package's methods write
   SGD with momentum ``mu`` it shrinks the weights by ``eta_t*alpha*lambda/(1 - mu)`` per step;
   through Adam it is divided by ``D_t``, and has no per-step equivalent;
 - ``adaptive``: by ``eta_t*alpha*lambda/D_t``, per coordinate (``adamp``): no equivalent either.
-
-:func:`to_paper` and :func:`from_paper` convert a method's own ``lambda`` to and from the paper
-form, with the package's ``coupled_to_paper`` and ``paper_to_coupled``; :func:`default_hparams`
-gives a method the learning rate and decay that a paper-form decay stands for.
 """
 
 from __future__ import annotations
@@ -27,6 +23,7 @@ import optax
 import optax_decay
 
 MOMENTUM = 0.9  # heavy-ball momentum of the SGD methods, in every example
+WD_MASK = optax_decay.weight_decay_mask
 
 PAPER, COUPLED, L2, ADAPTIVE = "paper", "coupled", "l2", "adaptive"
 
@@ -49,11 +46,8 @@ METHODS: dict[str, Method] = {
     "adamp": Method(optax_decay.adamp, ADAPTIVE, "adam"),
 }
 
-# The demo's and train.py's defaults on digits: learning rates, and the decays of the methods
-# whose lambda is not a per-step rate (gradient units for the L2 penalties; AdamP's is
-# multiplied by alpha/D_t).
-SGD_LR = 0.05
-ADAM_LR = 3e-3
+# The demo's and train.py's defaults on digits; OWN_DECAYS: where lambda is not a per-step rate.
+SGD_LR, ADAM_LR = 0.05, 3e-3
 OWN_DECAYS = {"sgd_l2": 5e-3, "adam_l2": 1e-3, "adamp": 1e-2}
 
 
@@ -62,26 +56,13 @@ def schedule(steps: int) -> optax.Schedule:
     return optax.cosine_decay_schedule(1.0, steps)
 
 
-def make(
-    name: str,
-    learning_rate: float,
-    weight_decay: float,
-    *,
-    mask: Any = optax_decay.weight_decay_mask,
-    inject: bool = False,
-    **options: Any,
-) -> optax.GradientTransformation:
-    """``METHODS[name]`` with its fixed arguments, ``mask`` and ``options`` (``schedule``, ``eps``...).
-
-    ``inject=True`` wraps it in :func:`optax.inject_hyperparams`, so that the numbers
-    (``learning_rate``, ``weight_decay``, the schedule's value...) live in the optimizer state;
-    ``mask`` and the bool options are static.
-    """
+def make(name: str, learning_rate, weight_decay, *, mask=WD_MASK, inject=False, **options):
+    """``METHODS[name]`` with its fixed arguments, ``mask`` and ``options`` (``schedule``...);
+    ``inject=True``: in :func:`optax.inject_hyperparams`, the numbers in the optimizer state."""
     if name not in METHODS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(METHODS)}")
-    method = METHODS[name]
-    kwargs = {"mask": mask, **method.fixed, **options}
-    factory = method.factory
+    kwargs = {"mask": mask, **METHODS[name].fixed, **options}
+    factory = METHODS[name].factory
     if inject:
         static = ("mask", *(k for k, v in kwargs.items() if isinstance(v, bool)))
         factory = optax.inject_hyperparams(factory, static_args=static)
@@ -121,20 +102,10 @@ def from_paper(name: str, paper: float, learning_rate: float) -> float | None:
     return None
 
 
-def default_hparams(
-    name: str,
-    paper: float,
-    *,
-    sgd_lr: float = SGD_LR,
-    adam_lr: float = ADAM_LR,
-    own: Mapping[str, float] = OWN_DECAYS,
-) -> tuple[float, float]:
-    """``(learning_rate, weight_decay)`` of ``name`` for a run meant to decay like ``paper``.
-
-    The learning rate is ``sgd_lr`` or ``adam_lr`` by family. ``own`` holds decays in a
-    method's own convention, which win; otherwise ``paper`` is converted with
-    :func:`from_paper`, and a method with no conversion gets ``paper`` itself.
-    """
+def default_hparams(name: str, paper: float, *, sgd_lr=SGD_LR, adam_lr=ADAM_LR, own=OWN_DECAYS):
+    """``(learning_rate, weight_decay)`` of ``name`` for a run meant to decay like ``paper``:
+    ``sgd_lr`` or ``adam_lr`` by family, and ``own[name]`` (a decay in the method's own
+    convention), else :func:`from_paper` of ``paper``, else ``paper`` itself."""
     lr = sgd_lr if METHODS[name].family == "sgd" else adam_lr
     if name in own:
         return lr, own[name]
