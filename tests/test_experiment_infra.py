@@ -15,14 +15,12 @@ import optax
 import pytest
 from flax import nnx
 
-import optax_decay
+import optax_decay as od
 from examples import cli, data, grid, models, optimizers, reporting
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# ------------------------------------------------------------------------------------------
-# IDX files
-# ------------------------------------------------------------------------------------------
+# ---- IDX files
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -42,10 +40,7 @@ def _write_fake(folder: pathlib.Path, n_train: int, n_test: int, gz: bool) -> di
     }
     for key, stem in data.FILES.items():
         raw = _idx_bytes(arrays[key])
-        if gz:
-            (folder / (stem + ".gz")).write_bytes(gzip.compress(raw))
-        else:
-            (folder / stem).write_bytes(raw)
+        (folder / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(raw) if gz else raw)
     return arrays
 
 
@@ -67,10 +62,7 @@ def test_idx_subset_is_a_seeded_subset(tmp_path):
     b = data.load_fashion_mnist(tmp_path, train_size=10, seed=3)
     assert len(a.x_train) == 10
     np.testing.assert_array_equal(a.x_train, b.x_train)
-    rows = {
-        r.tobytes()
-        for r in (arrays["x_train"].astype(np.float32) / np.float32(255)).astype(np.float32)
-    }
+    rows = {r.tobytes() for r in arrays["x_train"].astype(np.float32) / np.float32(255)}
     assert all(x[..., 0].tobytes() in rows for x in a.x_train)
 
 
@@ -101,15 +93,13 @@ def test_real_fashion_mnist():
     np.testing.assert_array_equal(np.bincount(fashion.y_test), np.full(10, 1000))
 
 
-# ------------------------------------------------------------------------------------------
-# The grid trainer: each vmapped member is exactly the run it stands for
-# ------------------------------------------------------------------------------------------
+# ---- The grid trainer: each vmapped member is exactly the run it stands for
 
 
 def _single_run(optimizer, lr, wd, digits, model_fn, steps, batch_size, seed, loss_scale=1.0):
     """The reference: one plain nnx.Optimizer with the hyperparameters passed directly."""
     schedule = optax.cosine_decay_schedule(1.0, steps)
-    tx = optimizers.make(optimizer, lr, wd, schedule=schedule, mask=optax_decay.weight_decay_mask)
+    tx = optimizers.make(optimizer, lr, wd, schedule=schedule, mask=od.weight_decay_mask)
     model = model_fn(seed)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
@@ -117,10 +107,8 @@ def _single_run(optimizer, lr, wd, digits, model_fn, steps, batch_size, seed, lo
     @nnx.jit
     def step(model, opt, idx):
         def loss(m):
-            logits = m(x[idx])
-            return (
-                loss_scale * optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
-            )
+            ce = optax.softmax_cross_entropy_with_integer_labels(m(x[idx]), y[idx])
+            return loss_scale * ce.mean()
 
         grads = nnx.grad(loss)(model)
         opt.update(model, grads)
@@ -141,25 +129,14 @@ def test_grid_member_equals_its_single_run(optimizer, model, norm):
     if optimizer == "sgdw":
         lrs = [0.05, 0.02]
 
-    def model_fn(seed):
-        return models.make_model(
-            model,
-            digits.image_shape,
-            10,
-            norm=norm,
-            width=(8, 8) if model == "cnn" else (8,),
-            seed=seed,
-        )
+    width = (8, 8) if model == "cnn" else (8,)
 
+    def model_fn(seed):
+        return models.make_model(model, digits.image_shape, 10, norm=norm, width=width, seed=seed)
+
+    hparams = {"learning_rate": lrs, "weight_decay": wds}
     result = grid.train_grid(
-        optimizer,
-        {"learning_rate": lrs, "weight_decay": wds},
-        digits,
-        model_fn,
-        steps=12,
-        batch_size=32,
-        seeds=(1, 2),
-        progress=False,
+        optimizer, hparams, digits, model_fn, steps=12, batch_size=32, seeds=(1, 2), progress=False
     )
     # Member i is grid point i // 2 with seed (1, 2)[i % 2]: its own init and batch order.
     np.testing.assert_array_equal(result.seed, [1, 2, 1, 2])
@@ -178,25 +155,20 @@ def test_grid_member_equals_its_single_run(optimizer, model, norm):
             lambda g, e: np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-5), got, expected
         )
     # The decayed weight norm reported is the norm of the kernels of that member.
-    kernels = [
-        v
-        for path, v in jax.tree_util.tree_leaves_with_path(result.params)
-        if "kernel" in jax.tree_util.keystr(path)
-    ]
+    paths = jax.tree_util.tree_leaves_with_path(result.params)
+    kernels = [v for path, v in paths if "kernel" in jax.tree_util.keystr(path)]
     norms = np.sqrt(sum(np.sum(np.square(k.reshape(4, -1)), axis=1) for k in kernels))
     np.testing.assert_allclose(result.weight_norm, norms, rtol=1e-5)
     assert result.by_seed(result.weight_norm).shape == (2, 2)
-    assert result.test_accuracy.shape == (4,) and np.all(
-        (0 <= result.test_accuracy) & (result.test_accuracy <= 1)
-    )
+    assert result.test_accuracy.shape == (4,)
+    assert np.all((0 <= result.test_accuracy) & (result.test_accuracy <= 1))
 
 
 @pytest.mark.slow
 def test_loss_scale_member_equals_scaled_single_run():
     digits = data.load_digits()
 
-    def model_fn(seed):
-        return models.make_model("mlp", digits.image_shape, 10, width=(16,), seed=seed)
+    model_fn = lambda seed: models.make_model("mlp", digits.image_shape, 10, width=(16,), seed=seed)
 
     result = grid.train_grid(
         "adam_l2",
@@ -233,9 +205,7 @@ def test_batch_order_depends_on_the_seed_and_step_only():
         assert len(set(rows.tolist())) == len(rows)
 
 
-# ------------------------------------------------------------------------------------------
-# The optimizer registry: conventions and conversions
-# ------------------------------------------------------------------------------------------
+# ---- The optimizer registry: conventions and conversions
 
 
 @pytest.mark.parametrize("name", ["sgd_l2", "sgdw", "adamw", "adamw_coupled", "prox_adam"])
@@ -263,10 +233,8 @@ def test_to_paper_is_the_decay_per_step(name):
 
 def test_conversions_use_the_package_conventions():
     lr = 3e-3
-    assert optimizers.to_paper("adamw_coupled", 2.0, lr) == optax_decay.coupled_to_paper(2.0, lr)
-    assert optimizers.from_paper("adamw_coupled", 1e-3, lr) == optax_decay.paper_to_coupled(
-        1e-3, lr
-    )
+    assert optimizers.to_paper("adamw_coupled", 2.0, lr) == od.coupled_to_paper(2.0, lr)
+    assert optimizers.from_paper("adamw_coupled", 1e-3, lr) == od.paper_to_coupled(1e-3, lr)
     for name in ("adam_l2", "adamp"):  # their decay goes through Adam's denominator
         assert optimizers.to_paper(name, 1e-3, lr) is None
         assert optimizers.from_paper(name, 1e-3, lr) is None
@@ -277,9 +245,7 @@ def test_conversions_use_the_package_conventions():
     assert optimizers.default_hparams("adamp", 1e-3, own={}) == (lr, 1e-3)
 
 
-# ------------------------------------------------------------------------------------------
-# Command lines: bad input, exit codes, both ways of running a script
-# ------------------------------------------------------------------------------------------
+# ---- Command lines: bad input, exit codes, both ways of running a script
 
 
 def test_parse_floats():
