@@ -1,16 +1,10 @@
 """Train a whole grid of hyperparameters and seeds at once: one vmapped Flax NNX model each.
 
-A grid is every point of ``hparams`` times every seed of ``seeds``. The seed is one more
-member axis: it fixes a member's initial weights (``model_fn(seed)``) and its batch order
-(``data.batch_indices(..., seed)``), so members of one seed differ only in their
-hyperparameters, and three seeds run as one vmapped grid, not three runs. The
-hyperparameters live in the optimizer state through :func:`optax.inject_hyperparams`,
-so a single ``nnx.vmap``-ed ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` holds the whole
-grid and one jitted step updates all of it. The decay mask is ``optax_decay.weight_decay_mask``:
-kernels are decayed, biases and BatchNorm scales are not.
-
-``loss_scale`` multiplies each member's training loss by its own constant ``c``
-(the scale-freeness experiment); accuracy and the reported loss are unscaled.
+Member ``i`` of a grid of ``P`` points and ``S`` seeds is point ``i // S`` with seed ``i % S``;
+the seed fixes its initial weights and batch order, so members of one seed differ only in their
+hyperparameters. These live in the optimizer state (:func:`optax.inject_hyperparams`), so one
+``nnx.vmap``-ed ``nnx.Optimizer`` holds the grid and one jitted step updates all of it.
+``loss_scale`` multiplies a member's training loss by ``c``; the reported loss is unscaled.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -61,12 +54,8 @@ class GridResult:
         for i in range(len(self.test_accuracy)):
             rec = {"optimizer": self.optimizer, "seed": int(self.seed[i])}
             rec.update({k: float(v[i]) for k, v in self.hparams.items()})
-            rec.update(
-                test_accuracy=float(self.test_accuracy[i]),
-                weight_norm=float(self.weight_norm[i]),
-                train_loss=float(self.train_loss[i]),
-                loss_scale=float(self.loss_scale[i]),
-            )
+            for key in ("test_accuracy", "weight_norm", "train_loss", "loss_scale"):
+                rec[key] = float(getattr(self, key)[i])
             rec.update(settings)
             out.append(rec)
         return out
@@ -97,14 +86,7 @@ def _weight_norm(model):
     return decayed_norm(nnx.state(model, nnx.Param))
 
 
-def init_grid(
-    optimizer: str,
-    model_fn: Callable[[jax.Array], nnx.Module],
-    hparams: Mapping[str, np.ndarray],
-    seeds: np.ndarray,
-    schedule: optax.Schedule,
-    options: Mapping | None = None,
-) -> tuple[nnx.Module, nnx.Optimizer]:
+def init_grid(optimizer: str, model_fn: Callable, hparams: Mapping, seeds, schedule, options=None):
     """Member ``i``: ``model_fn(seeds[i])`` and its optimizer with ``hparams[...][i]``."""
     tx = optimizers.make(optimizer, 0.0, 0.0, schedule=schedule, inject=True, **(options or {}))
 
@@ -148,50 +130,27 @@ def train_grid(
 ) -> GridResult:
     """Trains one model per grid point and seed, with the schedule ``optimizers.schedule(steps)``.
 
-    Args:
-      optimizer: a key of ``optimizers.METHODS``.
-      hparams: ``learning_rate`` and ``weight_decay``, one value per grid point (``P``).
-      data: train and test split.
-      model_fn: ``seed -> model``, called once inside ``nnx.vmap`` with a traced seed.
-      steps, batch_size: the run.
-      seeds: ``S`` seeds; the grid has ``G = P * S`` members, member ``i`` being point
-        ``i // S`` with seed ``seeds[i % S]`` (``reshape(P, S)`` gives point x seed).
-      loss_scale: per grid point, the constant the training loss is multiplied by.
-      track: ``(params_before, params_after) -> {name: array}``, recorded every
-        ``track_every`` steps into ``GridResult.history``.
-      options: further keyword arguments of the optimizer, the same for all
-        members (e.g. ``{"eps": 1e-12}``).
-      progress: show a tqdm bar.
+    ``hparams``: ``learning_rate`` and ``weight_decay``, one value per grid point;
+    ``model_fn``: ``seed -> model``, called inside ``nnx.vmap`` with a traced seed;
+    ``loss_scale``: per grid point; ``track``: ``(params_before, params_after) -> {name: array}``,
+    recorded every ``track_every`` steps into ``history``; ``options``: further keyword
+    arguments of the optimizer, the same for all members (e.g. ``{"eps": 1e-12}``).
     """
-    if optimizer not in optimizers.METHODS:
-        raise ValueError(
-            f"unknown optimizer {optimizer!r}; choose from {', '.join(optimizers.METHODS)}"
-        )
     num_seeds = len(seeds)
     hp = {k: np.repeat(np.asarray(v, np.float64), num_seeds) for k, v in hparams.items()}
     size = len(next(iter(hp.values())))
     scale = np.ones(size) if loss_scale is None else np.repeat(loss_scale, num_seeds)
     member_seed = np.tile(np.arange(num_seeds), size // num_seeds)
-    start = time.perf_counter()
+    start, seed_of = time.perf_counter(), np.asarray(seeds)[member_seed]
     schedule = optimizers.schedule(steps)
-    model, opt = init_grid(
-        optimizer, model_fn, hp, np.asarray(seeds)[member_seed], schedule, options
-    )
+    model, opt = init_grid(optimizer, model_fn, hp, seed_of, schedule, options)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    scale_j = jnp.asarray(scale, jnp.float32)
-    member_j = jnp.asarray(member_seed)
+    scale_j, member_j = jnp.asarray(scale, jnp.float32), jnp.asarray(member_seed)
     step = nnx.cached_partial(_train_step, model, opt)
     batches = np.stack([batch_indices(len(x), steps, batch_size, s) for s in seeds], axis=1)
-    losses, history = [], []
-    tail = max(1, steps // 10)
-    with tqdm(
-        batches,
-        desc=f"{optimizer:<13}",
-        unit="step",
-        disable=not progress,
-        file=sys.stderr,
-        leave=False,
-    ) as bar:
+    losses, history, tail = [], [], max(1, steps // 10)  # tail: the steps of train_loss
+    style = dict(unit="step", disable=not progress, file=sys.stderr, leave=False)
+    with tqdm(batches, f"{optimizer:<13}", **style) as bar:
         for t, idx in enumerate(bar):
             on = track is not None and (t + 1) % track_every == 0
             loss, metrics = step(scale_j, member_j, x, y, jnp.asarray(idx), track if on else None)
@@ -203,7 +162,7 @@ def train_grid(
     return GridResult(
         optimizer=optimizer,
         hparams=hp,
-        seed=np.asarray(seeds)[member_seed],
+        seed=seed_of,
         loss_scale=np.asarray(scale, np.float64),
         test_accuracy=evaluate(model, data),
         train_loss=np.asarray(jnp.mean(jnp.stack(losses), axis=0)),
