@@ -7,25 +7,21 @@ with ``D_t = sqrt(vhat_t) + eps`` and the cosine schedule ``eta_t``::
     AdamW (coupled, PyTorch):  w <- (1 - eta_t*alpha*lambda) * w - eta_t*alpha*mhat/D_t
     AdamP:                     w <- (w - eta_t*alpha*mhat/D_t) / (1 + eta_t*alpha*lambda/D_t)
 
-AdamW shrinks every weight by one factor; AdamP shrinks a weight harder the smaller its ``D_t``
-(for ``D_t < 1``, more than AdamW with the same ``lambda``). On a ResNet20 without BatchNorm,
-over ``alpha`` in {1e-3, 1e-2, 1e-1} and ``lambda`` in {1e-5, ..., 1e-2}, the blog found about
-the same best test accuracy for both, and a smaller weight norm for AdamP at its good settings.
+AdamP shrinks a weight harder the smaller its ``D_t``. On a ResNet20 without BatchNorm, over
+``alpha`` in {1e-3, 1e-2, 1e-1} and ``lambda`` in {1e-5, ..., 1e-2}, the blog found about the
+same best test accuracy for both, and a smaller weight norm for AdamP at its good settings.
 
-Here: the same grid on Fashion-MNIST with a small CNN without BatchNorm (channels 8, 16), 500
-steps of batch 32 (a quarter epoch; batch 32, not 64, so that 3 seeds fit in ~12 min). Every (alpha, lambda, seed) member of one optimizer trains at once in one
-vmapped model (``examples.grid.train_grid``); members of one seed share initial weights and
-batches. Only kernels are decayed; ``‖w‖`` is the L2 norm of those kernels at the end.
-Per optimizer and seed (``ref``: the reference, the first of ``--optimizers``):
+Here: the same grid on Fashion-MNIST, a CNN without BatchNorm (channels 8, 16), 500 steps of
+batch 32, every (alpha, lambda, seed) member of an optimizer in one vmapped model; only kernels
+are decayed, and ``‖w‖`` is their final L2 norm. Per optimizer and seed (``ref``: the first of
+``--optimizers``):
 
 - ``best_accuracy``: the highest test accuracy over the grid, and ``‖w‖`` at that point;
 - ``lambda_effect``: max over alpha of ``max_lambda ‖w‖ / min_lambda ‖w‖ - 1``;
 - ``median_norm_ratio``, ``median_accuracy_difference``: medians over the grid of ``‖w‖ / ‖w_ref‖``
   (the finite ones) and ``acc - acc_ref``; ``smaller_norm_count``: points with ``‖w‖ < ‖w_ref‖``.
 
-Run ``python -m examples.adamw_vs_adamp`` (Fashion-MNIST, 3 seeds: about 12 minutes on 2 CPU
-cores) or add ``--quick`` (digits, 2 seeds, a few steps). Writes ``results.json`` (a record per
-member; ``per_seed``: the statistics above), ``summary.md`` and three PNG figures to ``--out``.
+Writes ``results.json`` (``per_seed``: these statistics), ``summary.md`` and 3 PNGs to ``--out``.
 """
 
 from __future__ import annotations
@@ -39,42 +35,31 @@ import numpy as np
 from examples import cli, reporting
 from examples.cli import UsageError
 from examples.grid import train_grid
-from examples.models import make_model
+from examples.models import factory
 from examples.optimizers import METHODS
 
 DEFAULT_STEPS, QUICK_STEPS, DEFAULT_BATCH_SIZE = 500, 100, 32
 DEFAULT_WIDTH, QUICK_WIDTH = "8,16", "4,8"
-LABELS = {"row_label": "learning rate alpha", "col_label": "weight decay lambda"}
 
 
 def parse_args(argv: Sequence[str] | None):
-    parser = cli.base_parser(
-        __doc__, default_steps=DEFAULT_STEPS, quick_steps=QUICK_STEPS, out="out/adamw_vs_adamp"
-    )
+    parser = cli.base_parser(__doc__, DEFAULT_STEPS, QUICK_STEPS, "out/adamw_vs_adamp")
     parser.add_argument("--learning-rates", default="1e-3,1e-2,1e-1", help="alpha grid (rows)")
     parser.add_argument("--weight-decays", default="1e-5,1e-4,1e-3,1e-2", help="lambda (columns)")
-    parser.add_argument(
-        "--optimizers",
-        default="adamw_coupled,adamp",
-        help=f"comma-separated, the first is the reference; any of {', '.join(METHODS)}",
-    )
+    names = f"comma-separated, the first is the reference; any of {', '.join(METHODS)}"
+    parser.add_argument("--optimizers", default="adamw_coupled,adamp", help=names)
     parser.add_argument("--width", help=f"CNN channels (default {DEFAULT_WIDTH}; --quick 4,8)")
     parser.set_defaults(batch_size=DEFAULT_BATCH_SIZE)
     args = cli.finish_args(parser.parse_args(argv))
     for flag in ("--learning-rates", "--weight-decays"):
         key = flag[2:].replace("-", "_")
-        values = cli.parse_floats(flag, getattr(args, key))
+        values = cli.parse_floats(flag, getattr(args, key), positive=flag == "--learning-rates")
         if len(set(values)) != len(values):
             raise UsageError(f"`{flag}` lists a value twice: {','.join(map(str, values))}")
         setattr(args, key, values)
-    if 0 in args.learning_rates:
-        raise UsageError("`--learning-rates` must be > 0")
     args.optimizers = cli.parse_names("--optimizers", args.optimizers, METHODS)
-    text = args.width or (QUICK_WIDTH if args.quick else DEFAULT_WIDTH)
-    widths = [c for c in text.replace(" ", "").split(",") if c]
-    if not widths or not all(c.isdigit() and int(c) >= 1 for c in widths):
-        raise UsageError(f"`--width`: give comma-separated integers >= 1, got {text!r}")
-    args.width = [int(c) for c in widths]
+    width = args.width or (QUICK_WIDTH if args.quick else DEFAULT_WIDTH)
+    args.width = list(cli.parse_ints("--width", width))
     return args
 
 
@@ -107,15 +92,13 @@ def plot_heatmaps(path, grids, title, lrs, wds, fmt, log=False, mark=None) -> No
     finite = np.concatenate([v[np.isfinite(v)] for v in shown.values()] + [np.zeros(0)])
     lo, hi = (finite.min(), max(finite.max(), finite.min() + 1e-6)) if finite.size else (0, 1)
     for ax, (name, (mean, std)) in zip(axes[0], grids.items(), strict=True):
+        text = np.frompyfunc(lambda m, s: f"{m:{fmt}}\n± {s:{fmt}}", 2, 1)(mean, std)
         box = None if mark is None else mark[name]
-        cells = reporting.heatmap(ax, shown[name], lrs, wds, title=name, mark=box, **LABELS)
-        cells.set_clim(lo, hi)
-        for text, m, s, v in zip(ax.texts, mean.flat, std.flat, shown[name].flat, strict=True):
-            text.set_text(f"{m:{fmt}}\n± {s:{fmt}}")
-            text.set_color("white" if np.isfinite(v) and v < (lo + hi) / 2 else "black")
+        cells = reporting.heatmap(
+            ax, shown[name], lrs, wds, title=name, mark=box, text=text, clim=(lo, hi)
+        )
     fig.colorbar(cells, ax=axes, label=f"log10 {title}" if log else title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    reporting.save_figure(fig, path, 120)
 
 
 def plot_curves(path, runs, lrs, wds) -> None:
@@ -132,8 +115,7 @@ def plot_curves(path, runs, lrs, wds) -> None:
     axes[1].set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(lrs), fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    reporting.save_figure(fig, path, 120)
 
 
 STATS = [  # (per_seed key, summary column, format): mean ± std over seeds
@@ -174,7 +156,7 @@ def summary_text(args, train_size, runs, per_seed, seconds) -> str:
             "## Per grid point, mean ± std over seeds",
             reporting.markdown_table(rows, columns),
             "## Per optimizer: each seed's statistics, mean ± std over seeds",
-            reporting.markdown_table(stats, [(k, k, "s") for k in stats[0]]),
+            reporting.markdown_table(stats),
         ]
     )
 
@@ -188,10 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     shape = (len(lrs), len(wds), args.seeds)
     run = {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seed_list}
     settings = {"model": "cnn", "width": args.width, "batchnorm": False, "steps": args.steps}
-
-    def model_fn(seed):
-        return make_model("cnn", data.image_shape, data.num_classes, seed=seed, width=args.width)
-
+    model_fn = factory("cnn", data, width=args.width)
     records, per_seed, runs, seconds = [], [], {}, {}
     for name in names:
         result = train_grid(name, hparams, data, model_fn, **run, progress=not args.no_progress)

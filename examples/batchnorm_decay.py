@@ -9,14 +9,13 @@ momentum ``mu`` (Adam: ``beta1``) and noise uncorrelated in time the angular ste
 ``sqrt(2*lambda_paper*eta_t*(1-mu)/(1+mu))`` (``lambda_paper``: the per-step decay,
 ``optimizers.to_paper``; none for ``adam_l2``, ``adamp``).
 
-Setup: ``make_model(--model, norm="batch")`` on Fashion-MNIST, one ``train_grid`` per optimizer over
-decays x ``--seeds`` seeds; decays ``lambda_paper = k/(0.5*steps)`` (a shrink by ``e^-k``) per
-``--decay-folds`` ``k``, or ``--weight-decays``. Tracked per layer before a BatchNorm: ``||w0||``,
-``||w1 - w0||/||w0||`` and its angular part. Per member, for ``layers.0``: the final ``||w||``, the
-late (last 20%) mean effective step, the mid-run (45-55%) angular step / equilibrium; the train
-loss; the test accuracy with BatchNorm's running averages (momentum 0.99: they lag a fast-shrinking
-norm) and with each test batch of 1000 on its own statistics; changes and ratios vs the same seed's
-``lambda = 0``. The mask also decays the head (not scale-invariant). ``--no-bn``: the control.
+One ``train_grid`` per optimizer over decays x seeds, ``lambda_paper = k/(0.5*steps)`` (a shrink by
+``e^-k``) per ``--decay-folds`` ``k``, or ``--weight-decays``. Tracked per layer before a BatchNorm:
+``||w0||``, ``||w1 - w0||/||w0||`` and its angular part. Per member, for ``layers.0``: the final
+``||w||``, the late (last 20%) mean effective step, the mid-run (45-55%) angular step /
+equilibrium, the train loss, the test accuracy with BatchNorm's running averages (they lag a
+fast-shrinking norm) and with each test batch on its own statistics; changes and ratios vs the
+same seed's ``lambda = 0``. The mask also decays the head (not scale-invariant).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from flax import nnx
 
 from examples import cli, grid, models, optimizers
 from examples.optimizers import METHODS, MOMENTUM
-from examples.reporting import markdown_table, mean_pm, plot_seeds, write_outputs
+from examples.reporting import markdown_table, mean_pm, plot_seeds, save_figure, write_outputs
 
 DEFAULT_STEPS, QUICK_STEPS = 6000, 600
 DEFAULT_FOLDS, QUICK_FOLDS = "0,2,10", "0,1,2"  # quick: milder, so the running averages follow
@@ -40,9 +39,7 @@ METRICS = ("weight_norm", "effective_step", "angular_step")
 
 
 def parse_args(argv: list[str] | None):
-    parser = cli.base_parser(
-        __doc__, default_steps=DEFAULT_STEPS, quick_steps=QUICK_STEPS, out="out/batchnorm_decay"
-    )
+    parser = cli.base_parser(__doc__, DEFAULT_STEPS, QUICK_STEPS, "out/batchnorm_decay")
     add = parser.add_argument
     add("--model", choices=models.MODELS, default="mlp")
     add("--width", help="hidden sizes, comma-separated (default mlp 256,256; cnn 16,32)")
@@ -55,21 +52,18 @@ def parse_args(argv: list[str] | None):
     add("--no-bn", action="store_true", help="the control: the same model without BatchNorm")
     args = cli.finish_args(parser.parse_args(argv))
     args.optimizers = cli.parse_names("--optimizers", args.optimizers, METHODS)
-    if args.weight_decays is not None:
-        args.weight_decays = cli.parse_floats("--weight-decays", args.weight_decays)
+    args.weight_decays = cli.parse_floats("--weight-decays", args.weight_decays)
     if args.decay_folds is None:
         args.decay_folds = QUICK_FOLDS if args.quick else DEFAULT_FOLDS
     args.decay_folds = cli.parse_floats("--decay-folds", args.decay_folds)
-    width = [w.strip() for w in (args.width or WIDTH[args.model]).split(",") if w.strip()]
-    if not width or not all(w.isdigit() and int(w) >= 1 for w in width):
-        raise cli.UsageError(f"`--width`: give sizes >= 1, comma-separated, got {args.width!r}")
+    width = cli.parse_ints("--width", args.width or WIDTH[args.model])
     if not all(0 < lr < np.inf for lr in (args.sgd_lr, args.adam_lr)):
         raise cli.UsageError("`--sgd-lr` and `--adam-lr` must be positive numbers")
     if args.track_every is None:
         args.track_every = 1 if args.quick else max(1, args.steps // 200)
     if not 1 <= args.track_every <= args.steps:
         raise cli.UsageError(f"`--track-every` must be in [1, --steps={args.steps}]")
-    args.width, args.batchnorm = tuple(int(w) for w in width), not args.no_bn
+    args.width, args.batchnorm = width, not args.no_bn
     return args
 
 
@@ -166,8 +160,7 @@ def plot(history: dict, records: list[dict], args) -> None:
         row[3].set(xlabel="λ", yscale="linear", xticks=range(len(decays)))
         row[3].set_xticklabels([f"{wd:.3g}" for wd in decays])
     fig.suptitle(f"{args.model}, batchnorm={args.batchnorm}, {args.dataset}, {args.steps} steps")
-    fig.savefig(args.out / "batchnorm.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, args.out / "batchnorm.png", 100)
 
 
 def summarize(records: list[dict], args) -> str:
@@ -187,12 +180,11 @@ def summarize(records: list[dict], args) -> str:
         | {h: pm(records[i : i + len(args.seed_list)], k, f) for h, k, f in columns}
         for i in range(0, len(records), len(args.seed_list))
     ]
-    table = markdown_table(rows, [(h, h, "s") for h in rows[0]])
     return (
         f"# BatchNorm and weight decay ({args.model}, batchnorm={args.batchnorm})\n\n"
         f"{args.dataset}, {args.steps} steps of batch {args.batch_size}, seeds {args.seed_list} "
         f"(mean ± std); late: the last {1 - LATE:.0%} of the steps; Δ, ÷: to the same seed's "
-        f"λ = 0; - where not defined.\n\n{table}\n"
+        f"λ = 0; - where not defined.\n\n{markdown_table(rows)}\n"
     )
 
 
@@ -200,18 +192,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     data = cli.load_data(args)
     norm = "batch" if args.batchnorm else None
-    spec = (args.model, data.image_shape, data.num_classes)
-    model_fn = lambda seed: models.make_model(*spec, norm=norm, seed=seed, width=args.width)
+    model_fn = models.factory(args.model, data, norm=norm, width=args.width)
     scratch = nnx.jit(lambda: model_fn(args.seed))()  # one jitted init
     layers = [i for i, n in enumerate(scratch.norms) if n is not None or not args.batchnorm]
     records, history = [], {}
     for name in args.optimizers:
         recs, history[name] = run_optimizer(name, args, data, model_fn, layers, scratch)
         records += recs
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(history, records, args)
     summary = summarize(records, args)
     write_outputs(args.out, cli.config_of(args), records, summary, extra={"history": history})
+    plot(history, records, args)
     print(summary)
     return {"results": records, "history": history}
 

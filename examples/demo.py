@@ -1,15 +1,12 @@
 """optax_decay demo: every optimizer of the package on a small MLP and the digits data set.
 
-A 64 -> 128 (LayerNorm) -> 10 Flax NNX MLP on scikit-learn's 8x8 digits, trained with each
-optimizer, plain ``optax.adamw``, and SGD and Adam without decay: the same initial weights and
-batches, the cosine schedule ``eta_t``, only the kernels decayed; "weight norm" is their L2 norm.
-The paper-form decay is ``lambda = 1 / (mean(eta_t) * tau)`` with ``tau = max(steps, 40) / 2``;
-``adamw(coupled=True)`` and ``optax.adamw`` get ``lambda / alpha``, so the three AdamW rows are
-one run. The L2 penalties and AdamP's decay have their own units (``optimizers.OWN_DECAYS``).
-
-Run ``python examples/demo.py`` (1000 steps per optimizer), ``--quick`` (60, for tests) or e.g.
-``--steps 3000 --seed 1 --out out/demo``. Prints a markdown table; writes ``results.json`` and
-``demo.png`` to ``--out``.
+A 64 -> 128 (LayerNorm) -> 10 Flax NNX MLP on the digits, trained with each optimizer, plain
+``optax.adamw``, and SGD and Adam without decay, from the same weights and batches; only the
+kernels are decayed, and "weight norm" is their L2 norm. The paper-form decay is
+``lambda = 1 / (mean(eta_t) * tau)`` with ``tau = max(steps, 40) / 2``; ``adamw(coupled=True)`` and
+``optax.adamw`` get ``lambda / alpha`` (the three AdamW rows are one run); the L2 penalties and
+AdamP have their own units (``optimizers.OWN_DECAYS``). Prints a markdown table; writes
+``results.json`` and ``demo.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from tqdm.auto import tqdm
 
 import optax_decay
 from examples import cli, data, models, optimizers
-from examples.reporting import markdown_table, write_json
+from examples.reporting import markdown_table, save_figure, write_json
 
 DEFAULT_STEPS, QUICK_STEPS = 1000, 60
 ROWS = [  # (row name, key of optimizers.METHODS, decayed?); optax.adamw takes adamw_coupled's
@@ -43,14 +40,9 @@ ROWS = [  # (row name, key of optimizers.METHODS, decayed?); optax.adamw takes a
     ("adamp", "adamp", True),
     ("optax.adamw", "adamw_coupled", True),
 ]
-TABLE = [
-    ("optimizer", "optimizer", "s"),
-    ("learning rate", "learning_rate", "g"),
-    ("weight decay", "weight_decay", ".3g"),
-    ("test accuracy", "test_accuracy", ".4f"),
-    ("weight norm", "weight_norm", ".3f"),
-    ("seconds", "seconds", ".1f"),
-]
+FORMATS = {"optimizer": "s", "learning_rate": "g", "weight_decay": ".3g", "test_accuracy": ".4f"}
+FORMATS |= {"weight_norm": ".3f", "seconds": ".1f"}  # the table's columns
+TABLE = [(key.replace("_", " "), key, fmt) for key, fmt in FORMATS.items()]
 
 
 def default_runs(steps: int) -> list[tuple[str, str, float, float]]:
@@ -67,9 +59,8 @@ def train(name, method, lr, wd, digits, args, bar=None) -> dict:
     start, seed = time.perf_counter(), args.seed
     schedule = optimizers.schedule(args.steps)
     if name == "optax.adamw":  # decays by lr * schedule(t) * wd: the coupled form
-        tx = optax.adamw(
-            lambda t: lr * schedule(t), weight_decay=wd, mask=optax_decay.weight_decay_mask
-        )
+        lr_t = lambda t: lr * schedule(t)
+        tx = optax.adamw(lr_t, weight_decay=wd, mask=optax_decay.weight_decay_mask)
     else:
         tx = optimizers.make(method, lr, wd, schedule=schedule)
     model = models.make_model("mlp", digits.image_shape, 10, norm="layer", width=(128,), seed=seed)
@@ -95,16 +86,14 @@ def train(name, method, lr, wd, digits, args, bar=None) -> dict:
 def plot(results: Sequence[dict], path: pathlib.Path) -> None:
     names = [r["optimizer"] for r in results]
     colors = ["tab:gray" if r["weight_decay"] == 0 else "tab:blue" for r in results]
-    fig, (ax_acc, ax_norm) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    ax_acc.bar(names, [r["test_accuracy"] for r in results], color=colors)
-    ax_acc.set_ylim(max(0.0, min(r["test_accuracy"] for r in results) - 0.05), 1.0)
-    ax_acc.set_title("test accuracy")
-    ax_norm.bar(names, [r["weight_norm"] for r in results], color=colors)
-    ax_norm.set_title("L2 norm of the decayed weights (gray: no decay)")
-    for ax in (ax_acc, ax_norm):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    titles = ("test accuracy", "L2 norm of the decayed weights (gray: no decay)")
+    for ax, key, title in zip(axes, ("test_accuracy", "weight_norm"), titles, strict=True):
+        ax.bar(names, [r[key] for r in results], color=colors)
+        ax.set_title(title)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    axes[0].set_ylim(max(0.0, min(r["test_accuracy"] for r in results) - 0.05), 1.0)
+    save_figure(fig, path, 120)
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -118,7 +107,7 @@ def parse_args(argv: Sequence[str] | None):
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = QUICK_STEPS if args.quick else DEFAULT_STEPS
-    cli.check_positive(steps=args.steps, batch_size=args.batch_size)
+    cli.check_positive(args, "steps", "batch_size")
     return args
 
 
@@ -126,18 +115,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     digits = data.load_digits(args.seed)
     cli.check_batch_size(args.batch_size, digits)
-    runs = default_runs(args.steps)
-    results, total = [], time.perf_counter()
-    total_steps = len(runs) * args.steps
-    with tqdm(total=total_steps, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
+    runs, results, total = default_runs(args.steps), [], time.perf_counter()
+    style = dict(unit="step", disable=args.no_progress, file=sys.stderr)
+    with tqdm(total=len(runs) * args.steps, **style) as bar:
         for run in runs:
             bar.set_description(f"{run[0]:<20}")
             results.append(train(*run, digits, args, bar))
-    print(
-        f"\n{args.steps} steps of batch {args.batch_size} per optimizer, seed {args.seed}, "
-        f"{len(digits.x_train)} train / {len(digits.x_test)} test digits, "
-        f"cosine schedule, decay mask: kernels only.\n"
-    )
+    setup = f"{args.steps} steps of batch {args.batch_size} per optimizer, seed {args.seed}"
+    sizes = f"{len(digits.x_train)} train / {len(digits.x_test)} test digits"
+    print(f"\n{setup}, {sizes}, cosine schedule, decay mask: kernels only.\n")
     print(markdown_table(results, TABLE, align="lrrrrr"))
     print(f"\nTotal {time.perf_counter() - total:.1f} s.")
     for r in results:

@@ -2,14 +2,10 @@
 
 The model's ``nnx.Param`` state is packed into one 1-D buffer per dtype, the decayed leaves
 (kernels) first, so the decay mask is ``layout.mask``; ``adamw`` and its moments live on the
-buffers, and the loss unravels them, so gradients come out flat: a few fused loops per step
-instead of several per leaf. The same model is also trained with ``nnx.Optimizer`` on the tree.
-Printed and written to ``--out`` (``results.json``, ``flat_nnx.png``): ``max |flat - tree|``
-over the final params (round-off only), each path's time per step after compiling, the test
-accuracies and both loss curves.
-
-Run ``python examples/flat_nnx.py`` (digits, 1500 steps), ``--quick`` (30 steps, for tests) or
-e.g. ``--depth 8 --width 256 --steps 500``.
+buffers and the loss unravels them, so gradients come out flat. The same model is also trained
+with ``nnx.Optimizer`` on the tree. Printed and written to ``--out`` (``results.json``,
+``flat_nnx.png``): ``max |flat - tree|`` over the final params (round-off only), each path's time
+per step after compiling, the test accuracies and both loss curves.
 """
 
 from __future__ import annotations
@@ -30,12 +26,11 @@ from tqdm.auto import tqdm
 
 import optax_decay
 from examples import cli, data, models, optimizers
-from examples.reporting import write_json
+from examples.reporting import save_figure, write_json
 
 
 def timed_loop(step, carry, batches, bar):
-    """``carry, loss = step(carry, idx)`` over ``batches``: the last carry, the losses, and the
-    seconds per step after step 0 (which compiles)."""
+    """``step(carry, idx) -> (carry, loss)`` over ``batches``: carry, losses, s/step after 0."""
     losses = []
     for idx in batches:
         carry, loss = step(carry, idx)
@@ -51,6 +46,7 @@ def timed_loop(step, carry, batches, bar):
 
 def train_flat(model, new_tx, x, y, batches, bar):
     """``model`` trained on one flat buffer per dtype, its losses, s/step and the layout."""
+    bar.set_description("flat")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     layout = optax_decay.flat_layout(params, mask=optax_decay.weight_decay_mask)
     tx = new_tx(mask=layout.mask)
@@ -73,6 +69,7 @@ def train_flat(model, new_tx, x, y, batches, bar):
 
 def train_tree(model, new_tx, x, y, batches, bar):
     """``model`` trained with ``nnx.Optimizer`` on the tree, its losses and s/step."""
+    bar.set_description("tree")
     optimizer = nnx.Optimizer(model, new_tx(mask=optax_decay.weight_decay_mask), wrt=nnx.Param)
     step = nnx.cached_partial(models.train_step, model, optimizer)
     _, losses, seconds = timed_loop(lambda _, idx: (None, step(x, y, idx)), None, batches, bar)
@@ -96,9 +93,7 @@ def parse_args(argv: Sequence[str] | None):
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = 30 if args.quick else 1500
-    cli.check_positive(
-        steps=args.steps, batch_size=args.batch_size, width=args.width, depth=args.depth
-    )
+    cli.check_positive(args, "steps", "batch_size", "width", "depth")
     return args
 
 
@@ -110,18 +105,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     batches = jnp.asarray(data.batch_indices(len(x), args.steps, args.batch_size, args.seed))
     lr, wd, schedule = args.learning_rate, args.weight_decay, optimizers.schedule(args.steps)
     new_tx = functools.partial(optimizers.make, "adamw", lr, wd, schedule=schedule)
-    shape, width = (dataset.image_shape, dataset.num_classes), (args.width,) * args.depth
-    new_model = functools.partial(
-        models.make_model, "mlp", *shape, norm="layer", seed=args.seed, width=width
-    )
+    spec, width = ("mlp", dataset.image_shape, dataset.num_classes), (args.width,) * args.depth
+    new_model = lambda: models.make_model(*spec, norm="layer", seed=args.seed, width=width)
 
     with tqdm(total=2 * args.steps, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
-        bar.set_description("flat")
-        flat_model, flat_losses, flat_s, layout = train_flat(
-            new_model(), new_tx, x, y, batches, bar
-        )
-        bar.set_description("tree")
-        tree_model, tree_losses, tree_s = train_tree(new_model(), new_tx, x, y, batches, bar)
+        run = (new_tx, x, y, batches, bar)
+        flat_model, flat_losses, flat_s, layout = train_flat(new_model(), *run)
+        tree_model, tree_losses, tree_s = train_tree(new_model(), *run)
 
     leaves = [jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (flat_model, tree_model)]
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*leaves, strict=True))
@@ -145,15 +135,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"tree: {tree_s * 1e3:.2f} ms/step, test accuracy {tree_acc:.4f}\n"
         f"largest |flat - tree| over all params: {diff:.2e}"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "results.json", report)  # makes --out
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     ax.plot(tree_losses, label="tree (nnx.Optimizer)", lw=2)
     ax.plot(flat_losses, "--", label="flat buffers", lw=1.5)
     ax.set(xlabel="step", ylabel="training loss", yscale="log", title="adamw: flat vs tree")
     ax.legend()
-    fig.savefig(args.out / "flat_nnx.png", dpi=110)
-    plt.close(fig)
-    write_json(args.out / "results.json", report)
+    save_figure(fig, args.out / "flat_nnx.png", 110)
     print(f"Wrote {args.out / 'results.json'} and {args.out / 'flat_nnx.png'}.")
     return report
 

@@ -3,8 +3,7 @@
 Loshchilov & Hutter (2019): with decoupled decay (SGDW, AdamW) the good region of test accuracy
 over the learning rate ``alpha`` and the weight decay ``lambda`` is nearly an axis-aligned
 rectangle; with an L2 penalty (SGD+L2, Adam+L2) it runs along a diagonal, and Adam+L2 regularizes
-poorly. Here: an MLP (64 hidden units) on 5,000 Fashion-MNIST images, 6 x 6 grids (``LRS`` x
-``DECAYS``), the ``--seeds`` seeds (initial weights, batches) of each point trained at once.
+poorly. Here: an MLP on 5,000 Fashion-MNIST images, 6 x 6 grids (``LRS`` x ``DECAYS``).
 
 With ``acc[i, j, s]`` the test accuracy at ``alpha_i``, ``lambda_j``, seed ``s`` and ``m`` its
 mean over seeds, ``decoupling`` gives per column ``a*_j = argmax_i m[i, j]`` and how many seeds'
@@ -13,10 +12,8 @@ also over the good columns (best ``m`` within ``--tolerance`` of the best) and p
 own map; each seed's shift ``log10(a*_{j+1,s} / a*_{j,s})``, its mean and std over seeds, and
 how many shifts have ``|mean| > std``; per seed at the cells of ``m``: the best accuracy, its
 gain over the smallest ``lambda``'s best and its drop to the largest ``lambda``'s best. Records
-carry ``decay_timescales = lambda_paper sum_t eta_t`` (0.05 to 15 over 1,000 steps).
-
-``python -m examples.lr_wd_map [--quick]`` writes ``results.json`` (``decoupling`` per optimizer),
-``lr_wd_maps.png``, ``best_lr.png`` and ``summary.md`` to ``--out``; ~10 min on 2 CPU cores.
+carry ``decay_timescales = lambda_paper sum_t eta_t``. Writes ``results.json`` (``decoupling`` per
+optimizer), ``lr_wd_maps.png``, ``best_lr.png`` and ``summary.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from examples import cli, models, optimizers
+from examples import cli, models, optimizers, reporting
 from examples.grid import train_grid
 from examples.reporting import heatmap, markdown_table, mean_pm, plot_seeds, spread, write_outputs
 
@@ -40,16 +37,13 @@ QUICK_LRS = {"sgd": (1e-2, 3e-2, 0.1, 0.3), "adam": (1e-3, 3e-3, 1e-2, 3e-2)}
 QUICK_DECAYS = (1e-3, 1e-2, 3e-2, 0.1)  # every convention
 DEFAULT_OPTIMIZERS = ("sgd_l2", "sgdw", "adam_l2", "adamw", "prox_adam", "adamp")
 LINEAR_DECAY = ("sgdw", "adamw", "adamw_coupled")  # 1 - eta_t lambda (alpha) must stay > 0
-LABELS = {"row_label": "learning rate alpha", "col_label": "weight decay lambda"}
 SEED_LR, SEED_ACC = "best_lr_per_wd_per_seed", "best_accuracy_per_wd_per_seed"
 SHIFT_MEAN, SHIFT_STD = "shift_decades_mean", "shift_decades_std"
 
 
 def parse_args(argv: Sequence[str] | None):
     """The flags, and ``args.grids``: each optimizer's sorted rows (alpha) and columns (lambda)."""
-    parser = cli.base_parser(
-        __doc__, default_steps=DEFAULT_STEPS, quick_steps=QUICK_STEPS, out="out/lr_wd_map"
-    )
+    parser = cli.base_parser(__doc__, DEFAULT_STEPS, QUICK_STEPS, "out/lr_wd_map")
     parser.set_defaults(train_size=DEFAULT_TRAIN_SIZE)
     parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS), help="%(default)s")
     parser.add_argument("--learning-rates", help="alphas for every optimizer (default: LRS)")
@@ -58,16 +52,11 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="for good columns")
     args = cli.finish_args(parser.parse_args(argv))
     args.hidden = (QUICK_HIDDEN if args.quick else HIDDEN) if args.hidden is None else args.hidden
-    cli.check_positive(hidden=args.hidden)
+    cli.check_positive(args, "hidden")
     if not 0 <= args.tolerance < 1:
         raise cli.UsageError(f"`--tolerance` must lie in [0, 1), got {args.tolerance}")
-    lrs = wds = None
-    if args.learning_rates is not None:
-        lrs = cli.parse_floats("--learning-rates", args.learning_rates)
-        if min(lrs) <= 0:
-            raise cli.UsageError(f"`--learning-rates` must be > 0, got {args.learning_rates!r}")
-    if args.weight_decays is not None:
-        wds = cli.parse_floats("--weight-decays", args.weight_decays)
+    lrs = cli.parse_floats("--learning-rates", args.learning_rates, positive=True)
+    wds = cli.parse_floats("--weight-decays", args.weight_decays)
     args.grids = {}
     for name in cli.parse_names("--optimizers", args.optimizers, optimizers.METHODS):
         rows = lrs or (QUICK_LRS if args.quick else LRS)[optimizers.METHODS[name].family]
@@ -118,14 +107,13 @@ def plot_maps(maps: dict, grids: dict, stats: dict, path) -> None:
         ax = fig.add_subplot(nrows, ncols, k + 1)
         mean, title = acc.mean(axis=2), f"{name}: spread {stats[name]['spread_decades']:.1f} dec"
         mark = mean == mean.max(axis=0)
-        image = heatmap(ax, 1 - mean, *grids[name].values(), title=title, mark=mark, **LABELS)
+        image = heatmap(ax, 1 - mean, *grids[name].values(), title=title, mark=mark)
         dx = np.linspace(-0.3, 0.3, acc.shape[2])
         for j, rows in enumerate(np.argmax(acc, axis=0)):
             ax.plot(j + dx, rows - 0.32, "o", ms=3, color="white", mec="black", mew=0.5)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle("Mean test error over seeds; red: best alpha per lambda; dots: per-seed best")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    reporting.save_figure(fig, path, 110)
 
 
 def plot_best_lr(stats: dict, path) -> None:
@@ -143,8 +131,7 @@ def plot_best_lr(stats: dict, path) -> None:
     axes[0].set(ylabel="log10 best alpha (dots: seeds)", title="Best alpha per lambda")
     axes[1].set(ylabel="test accuracy at the mean map's best alpha", title="Best accuracy")
     axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    reporting.save_figure(fig, path, 110)
 
 
 def summarize(args, data, stats: dict, runs: int, seconds: float) -> str:
@@ -175,7 +162,7 @@ def summarize(args, data, stats: dict, runs: int, seconds: float) -> str:
                 "shift to next lambda (dec)": (shifts + [""])[j],
             }
             per_col.append(col)
-    tables = [markdown_table(t, [(k, k, "s") for k in t[0]]) for t in (per_opt, per_col)]
+    tables = [markdown_table(t) for t in (per_opt, per_col)]
     return (
         f"# Learning rate x weight decay maps\n\nMLP ({args.hidden} hidden) on {data.name} "
         f"({len(data.x_train)} train / {len(data.x_test)} test), {args.steps} steps of batch "
@@ -188,11 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     data = cli.load_data(args)
     eta_sum = float(np.sum(optimizers.schedule(args.steps)(np.arange(args.steps))))
-
-    def model_fn(seed):
-        shape, width = data.image_shape, (args.hidden,)
-        return models.make_model("mlp", shape, data.num_classes, seed=seed, width=width)
-
+    model_fn = models.factory("mlp", data, width=(args.hidden,))
     run = {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seed_list}
     records, maps, stats, seconds = [], {}, {}, 0.0
     for name, grid in args.grids.items():

@@ -17,11 +17,9 @@ test accuracy, kernel L2 norm, ``max_rel_param_diff`` to its seed's ``c = 1`` me
 (``rel_param_diffs``), ``diverged`` (non-finite, loss > ``2 ln K`` or norm > 100x the initial);
 per method and seed: ``seed_stat`` and (Adam family) ``eps_shares``.
 
-Defaults: ``eps = 1e-8`` (``--eps``), ``alpha`` 1e-3 (Adam) or 0.05 (SGDW, momentum 0.9), 3000
-steps of batch 128, MLP 784-256-10, 3 seeds; ``lambda = 3 / (0.5 * steps)`` (3 decay timescales:
-sgdw, adamw, prox_adam) or 1e-3 (adam_l2's L2, adamp). ``--quick``: digits, 100 steps, 2 seeds.
-Writes ``results.json`` (records per member, ``seed_stats``), ``scale_freeness.png`` and
-``summary.md`` (mean ± std over seeds) to ``--out``.
+Defaults: ``eps = 1e-8``, ``alpha`` 1e-3 (Adam) or 0.05 (SGDW, momentum 0.9), MLP 784-256-10;
+``lambda = 3 / (0.5 * steps)`` (3 decay timescales: sgdw, adamw, prox_adam) or ``OWN_DECAYS``.
+Writes ``results.json`` (``seed_stats``), ``scale_freeness.png`` and ``summary.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -37,8 +35,8 @@ import optax_decay
 from examples import cli, optimizers
 from examples.data import batch_indices
 from examples.grid import train_grid
-from examples.models import cross_entropy, decayed_norm, make_model
-from examples.reporting import markdown_table, mean_pm, plot_seeds, write_outputs
+from examples.models import cross_entropy, decayed_norm, factory
+from examples.reporting import markdown_table, mean_pm, plot_seeds, save_figure, write_outputs
 
 DEFAULT_STEPS, QUICK_STEPS = 3000, 100
 DEFAULT_SCALES, DEFAULT_OPTIMIZERS = "1e-3,1,1e3", "adam_l2,adamw,prox_adam,adamp,sgdw"
@@ -110,19 +108,13 @@ def plot(records, args, path) -> None:
         ax.set(xscale="log", yscale="linear" if ax is axes[1] else "log", xlabel="loss scale c")
         ax.set_title(f"{key} (mean ± std over seeds)", fontsize=10)
     axes[0].legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    return markdown_table(
-        [dict(enumerate(r)) for r in rows], [(h, i, "s") for i, h in enumerate(header)]
-    )
+    save_figure(fig, path, 120)
 
 
 def summarize(records, stats, args, seconds: float) -> str:
     """Title, setup, a table per method and c, and a table per method (over its seeds)."""
     n, rows, method_rows = len(args.seed_list), [], []
+    table = lambda head, rows: markdown_table([dict(zip(head, r, strict=True)) for r in rows])
     for name in args.optimizers:
         keys = ("test_accuracy", "weight_norm", "max_rel_param_diff", "diverged")
         acc, norm, diff, div = (by_point(records, name, k, n) for k in keys)
@@ -151,9 +143,7 @@ def summarize(records, stats, args, seconds: float) -> str:
 
 
 def parse_args(argv: list[str] | None):
-    parser = cli.base_parser(
-        __doc__, default_steps=DEFAULT_STEPS, quick_steps=QUICK_STEPS, out="out/scale_freeness"
-    )
+    parser = cli.base_parser(__doc__, DEFAULT_STEPS, QUICK_STEPS, "out/scale_freeness")
     parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS, help="comma-separated")
     parser.add_argument("--scales", default=DEFAULT_SCALES, help="c > 0; c = 1 is always added")
     parser.add_argument("--learning-rate", type=float, help="one alpha for every method")
@@ -163,13 +153,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="on worst diff")
     args = cli.finish_args(parser.parse_args(argv))
     args.optimizers = cli.parse_names("--optimizers", args.optimizers, optimizers.METHODS)
-    args.scales = sorted(set(cli.parse_floats("--scales", args.scales)) | {1.0})
-    if args.scales[0] <= 0:
-        raise cli.UsageError(f"`--scales` must be > 0, got {args.scales}")
-    width = cli.parse_floats("--width", args.width)
-    if any(v < 1 or v != int(v) for v in width):
-        raise cli.UsageError(f"`--width` takes positive integers, got {args.width!r}")
-    args.width = tuple(int(v) for v in width)
+    args.scales = sorted(set(cli.parse_floats("--scales", args.scales, positive=True)) | {1.0})
+    args.width = cli.parse_ints("--width", args.width)
     for key, op in BOUNDS.items():
         v = getattr(args, key)
         if v is not None and not (math.isfinite(v) and (v > 0 or (op == ">=" and v == 0))):
@@ -181,10 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Runs it; returns the records, ``seed_stats`` and per method the ``(G, ...)`` params."""
     args = parse_args(argv)
     data = cli.load_data(args)
-
-    def model_fn(seed):
-        return make_model("mlp", data.image_shape, data.num_classes, seed=seed, width=args.width)
-
+    model_fn = factory("mlp", data, width=args.width)
     n, ref, scales = len(args.seed_list), args.scales.index(1.0), [*args.scales, CONTROL]
     max_loss = 2 * math.log(data.num_classes)
     max_norm = [100 * decayed_norm(nnx.state(model_fn(s), nnx.Param)) for s in args.seed_list]

@@ -1,28 +1,15 @@
 """Train a small MLP on digits with any optax_decay optimizer; checkpoint and resume with Orbax.
 
-A 64 -> 128 -> LayerNorm -> ReLU -> 10 MLP in plain JAX (its params a dict: a checkpoint is
-``(params, opt_state, step)``) on scikit-learn's digits, with the cosine schedule ``eta_t`` and
-by default ``mask=optax_decay.weight_decay_mask``. Orbax's ``CheckpointManager`` saves every
-``--checkpoint-every`` steps, at the last step and after step 1 of a fresh run (its
-``InitialSavePolicy``), keeping the newest ``--keep``. Run again with the same
-``--checkpoint-dir``, a run resumes and ends bit-identical to one never interrupted:
-
-* the batch of step ``t`` depends only on ``(seed, t)`` (``data.batch_indices``);
-* a cut-off write is never loaded: Orbax commits ``<step>.orbax-checkpoint-tmp`` by renaming it
-  ``<step>``, ``latest_step()`` sees committed steps only, and the next run removes leftovers;
-* the checkpoint's tree (structure, shapes, dtypes) must be this run's, or a ``ValueError``
-  names both (no silent cast); the flags that change the trajectory are stored and must match;
-* every array's SHA-256 is stored and checked after a restore; a step that cannot be read or
-  fails them is reported in one line and the newest intact older step is used (the bad newer
-  ones are deleted, then written again); with none intact the run stops, touching nothing;
-* NaN or infinity is never saved nor resumed from: a non-finite loss or checkpoint stops the
-  run with an error (exit status 1).
-
-Run it, interrupt it, run it again::
+A 64 -> 128 -> LayerNorm -> ReLU -> 10 MLP in plain JAX (a checkpoint is ``(params, opt_state,
+step)``) on the digits. Orbax saves every ``--checkpoint-every`` steps, at the last step and after
+step 1 of a fresh run, keeping the newest ``--keep``. Run again with the same ``--checkpoint-dir``,
+a run resumes and ends bit-identical to one never interrupted: the batch of step ``t`` depends on
+``(seed, t)`` only; a cut-off write is never loaded (Orbax commits a step by renaming it); the
+tree (structure, shapes, dtypes) and the flags that change the trajectory must match; every
+array's SHA-256 is checked, and an unreadable step is reported in one line and the newest intact
+older one used; NaN or infinity is never saved nor resumed from (exit status 1). E.g.::
 
     python -m examples.train --optimizer adamw --steps 600 --checkpoint-dir out/ckpt
-
-``make_manager``, ``save``, ``restore`` and ``restore_latest`` work on their own too.
 """
 
 from __future__ import annotations
@@ -86,8 +73,7 @@ def make_optimizer(args: argparse.Namespace) -> optax.GradientTransformation:
 
 
 def init_params(seed: int, d_in: int = 64, d_hidden: int = 128, d_out: int = 10) -> dict:
-    """LeCun-normal kernels, zero biases, unit LayerNorm scale (Flax's names), float32, drawn
-    with NumPy: a pure function of ``seed`` that compiles nothing."""
+    """LeCun-normal kernels, zero biases, unit LayerNorm scale (Flax's names), drawn with NumPy."""
     rng = np.random.default_rng([seed, 1])
     kernel = lambda m, n: jnp.asarray(rng.normal(0.0, m**-0.5, (m, n)), jnp.float32)
     return {
@@ -117,17 +103,12 @@ evaluate = jax.jit(metrics)
 
 def make_manager(directory, *, every: int = 1, keep: int | None = 3) -> ocp.CheckpointManager:
     """Saves synchronously every ``every`` steps, keeps the newest ``keep``, and removes what a
-    crash left of an uncommitted save (``cleanup_tmp_directories``)."""
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every,
-        max_to_keep=keep,
-        enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
-    )
+    crash left of an uncommitted save."""
+    flags = dict(enable_async_checkpointing=False, cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep, **flags)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(
-        pathlib.Path(directory).absolute(), options=options, item_handlers=handlers
-    )
+    directory = pathlib.Path(directory).absolute()
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def _state(params: Any, opt_state: Any, step: int) -> dict:
@@ -135,8 +116,7 @@ def _state(params: Any, opt_state: Any, step: int) -> dict:
 
 
 def _flat(tree: Any, empty: bool = False) -> dict[str, Any]:
-    """``{"opt_state/0/mu/hidden/kernel": leaf, ...}`` with Orbax's paths (NamedTuple fields and
-    tuple indices as keys), so that a template and a checkpoint's metadata compare directly."""
+    """``{"opt_state/0/mu/hidden/kernel": leaf, ...}``: Orbax's paths, as in a checkpoint."""
     flat = ocp.tree.to_flat_dict(tree, keep_empty_nodes=empty)
     return {"/".join(map(str, k)): v for k, v in flat.items()}
 
@@ -174,9 +154,8 @@ def _structures(params: Any, opt_state: Any) -> dict[str, str]:
 
 
 def save(manager, step: int, params, opt_state, *, meta=None, force: bool = False) -> bool:
-    """Saves ``(params, opt_state, step)`` and the JSON ``meta`` with the trees' structures and
-    :func:`checksums`, if the manager's interval says so (or ``force``); returns whether it did.
-    Writes nothing and raises :class:`NonFiniteError` when the trees hold NaN or infinity."""
+    """Saves ``(params, opt_state, step)`` and ``meta`` with the trees' structures and checksums
+    if the interval says so (or ``force``); returns whether it did. NaN or infinity: raises."""
     if not (force or manager.should_save(step)):
         return False
     if bad := nonfinite(params, opt_state):
@@ -200,9 +179,8 @@ def _describe(x: Any) -> str:
 
 
 def _check_structure(manager, step: int, meta: dict, template: dict) -> None:
-    """Raises :class:`CheckpointMismatchError` unless the tree metadata of step ``step`` (every
-    leaf's path, shape and dtype, and the empty nodes) equals the template's, before Orbax
-    restores anything (it would raise a terse error, or cast dtypes silently)."""
+    """Raises :class:`CheckpointMismatchError` unless step ``step``'s tree metadata (paths, shapes,
+    dtypes, empty nodes) is the template's: Orbax would raise a terse error, or cast silently."""
     saved_tree = manager.item_metadata(step).state
     if saved_tree is None:  # Orbax's answer without the item's _METADATA
         raise FileNotFoundError("no tree metadata in state/_METADATA")
@@ -254,9 +232,7 @@ def _reason(err: BaseException, step_dir: pathlib.Path) -> str:
 
 def restore(manager, params_template, opt_state_template, *, step=None) -> Restored | None:
     """Step ``step`` (default: the newest committed one, ``None`` if none) restored into the
-    templates' trees (``params``, ``tx.init(params)``). Raises :class:`CheckpointMismatchError`
-    when it does not fit them, :class:`UnreadableCheckpointError` when its files cannot be read
-    or fail their checksums, :class:`NonFiniteError` when it holds NaN or infinity."""
+    templates' trees (``params``, ``tx.init(params)``); raises one of the three errors above."""
     step = manager.latest_step() if step is None else step
     if step is None:
         return None
@@ -289,9 +265,8 @@ def restore(manager, params_template, opt_state_template, *, step=None) -> Resto
 
 
 def restore_latest(manager, params_template, opt_state_template, *, report=eprint):
-    """:func:`restore` of the newest intact step; each newer unreadable one is reported in one
-    line (``checkpoint 60 in DIR is unreadable: ...; resuming from 55``). ``None`` without
-    committed steps; :class:`UnreadableCheckpointError` when none can be read."""
+    """:func:`restore` of the newest intact step, each newer unreadable one reported in one line;
+    ``None`` without committed steps; :class:`UnreadableCheckpointError` when none can be read."""
     unreadable = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
@@ -329,9 +304,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--no-progress", action="store_true", help="hide the progress bar")
     add("--step-delay", type=float, default=0.0, metavar="SECONDS", help="sleep per step (tests)")
     args = parser.parse_args(argv)
-    cli.check_positive(
-        **{k: getattr(args, k) for k in ("steps", "batch_size", "checkpoint_every", "keep")}
-    )
+    cli.check_positive(args, "steps", "batch_size", "checkpoint_every", "keep")
     lr, wd = optimizers.default_hparams(args.optimizer, PAPER_DECAY)
     args.learning_rate = lr if args.learning_rate is None else args.learning_rate
     args.weight_decay = wd if args.weight_decay is None else args.weight_decay
@@ -385,8 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    begin = time.perf_counter()
-    manager = None
+    begin, manager = time.perf_counter(), None
     if args.checkpoint_dir is not None:
         manager = make_manager(args.checkpoint_dir, every=args.checkpoint_every, keep=args.keep)
     with contextlib.nullcontext() if manager is None else manager:  # closing it waits for saves
