@@ -14,6 +14,7 @@ include; it is ignored here.
 Set ``OPTAX_DECAY_HYPOTHESIS_EXAMPLES`` to run more examples per test.
 """
 
+import functools
 import os
 
 import jax
@@ -21,16 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import (
-    ADAM_FAMILY,
-    OPTIMIZERS,
-    REGISTRY,
-    SGD_FAMILY,
-    adam_moments,
-    build,
-    ravel,
-    reference,
-)
+from helpers import ADAM_FAMILY, OPTIMIZERS, REGISTRY, adam_moments, build, ravel, reference
 from helpers import run as run_steps
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -59,6 +51,7 @@ shape_lists = st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3)
 seeds = st.integers(0, 2**32 - 1)
 steps = st.integers(1, 4)
 log_scales = st.floats(-3.0, 3.0)  # gradients of size 10**log_scale
+decays = st.one_of(st.none(), st.floats(0.5, 1.0))  # eta_t = eta * decay^t, or a constant eta
 
 
 def assume_positive_decay_factor(name, alpha, lam, eta):
@@ -69,7 +62,6 @@ def assume_positive_decay_factor(name, alpha, lam, eta):
 
 
 def tree(shapes, dtype, seed, scale=1.0):
-    """A dict of normal arrays of the given shapes."""
     rng = np.random.default_rng(seed)
     return {f"p{i}": jnp.asarray(scale * rng.normal(size=s), dtype) for i, s in enumerate(shapes)}
 
@@ -86,9 +78,7 @@ def problems(draw):
 adam_args = st.fixed_dictionaries({"b1": betas, "b2": betas, "eps": epss, "eps_root": eps_roots})
 
 
-def run_eager(tx, params, grads):
-    """Params after every step of ``tx`` on the gradient stream, without ``jit``."""
-    return run_steps(tx, params, grads, jit=False)
+run_eager = functools.partial(run_steps, jit=False)  # the params after every step
 
 
 def assert_trees_close(got, want, rtol, atol_rel):
@@ -119,11 +109,8 @@ def assert_trees_close(got, want, rtol, atol_rel):
 def test_matches_reference(name, alpha, lam, eta, adam, problem, momentum, nesterov):
     assume_positive_decay_factor(name, alpha, lam, eta)
     params, grads = problem
-    kw = (
-        adam
-        if name in ADAM_FAMILY
-        else dict(momentum=momentum, nesterov=nesterov and momentum is not None)
-    )
+    sgd = dict(momentum=momentum, nesterov=nesterov and momentum is not None)
+    kw = adam if name in ADAM_FAMILY else sgd
     got = run_eager(build(name, alpha, lam, schedule=eta, **kw), params, grads)
     want = reference(name, params, grads, alpha, lam, eta=lambda t: eta, **kw)
     assert_trees_close(got, want, rtol=1e-11, atol_rel=1e-13)
@@ -134,13 +121,7 @@ def test_matches_reference(name, alpha, lam, eta, adam, problem, momentum, neste
 
 @pytest.mark.x64
 @SETTINGS
-@given(
-    alpha=alphas,
-    lam=lambdas,
-    eta=etas,
-    decay=st.one_of(st.none(), st.floats(0.5, 1.0)),
-    problem=problems(),
-)
+@given(alpha=alphas, lam=lambdas, eta=etas, decay=decays, problem=problems())
 def test_sgd_l2_equals_sgdw_with_alpha_lambda(alpha, lam, eta, decay, problem):
     """Also with a schedule ``eta_t = eta * decay^t`` (``decay`` not None)."""
     assume(eta * alpha * lam < 1.0)
@@ -265,7 +246,9 @@ def test_low_precision_keeps_dtype_and_stays_finite(
         rng.choice([-1.0, 1.0], size=p.shape) * 10.0 ** rng.uniform(lo, hi, size=p.shape)
     )
     grads = [jax.tree.map(lambda p: jnp.asarray(signed(p), dtype), params) for _ in range(n)]
-    tx = build(name, alpha, lam, schedule=eta, **({} if name in SGD_FAMILY else dict(b1=b1, b2=b2)))
+    tx = build(
+        name, alpha, lam, schedule=eta, **(dict(b1=b1, b2=b2) if name in ADAM_FAMILY else {})
+    )
     state, w = tx.init(params), params
     for g in grads:
         u, state = tx.update(g, state, w)
