@@ -19,6 +19,14 @@ MASK = lambda p: {"w": True, "b": False, "k": True}
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
 
 
+def make_step(tx):
+    def step(params, state, g):
+        u, state = tx.update(g, state, params)
+        return optax.apply_updates(params, u), state
+
+    return step
+
+
 def param_like_leaves(state, params):
     """(state leaf, matching param) pairs for every param-shaped state leaf."""
     by_shape = {p.shape: p for p in jax.tree.leaves(params)}
@@ -28,20 +36,15 @@ def param_like_leaves(state, params):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_named_sharding_equals_single_device(name):
     assert jax.device_count() == 8
-    mesh = jax.make_mesh((8,), ("fsdp",))
     params, grads = make_problem(5, jnp.float32, shapes=SHAPES)
     tx = build(name, 1e-2, 1e-3, schedule=optax.cosine_decay_schedule(1.0, 10), mask=MASK)
-    sharding = NamedSharding(mesh, P("fsdp"))
+    sharding = NamedSharding(jax.make_mesh((8,), ("fsdp",)), P("fsdp"))
     sp = jax.device_put(params, sharding)
     state = tx.init(sp)
     for x, p in param_like_leaves(state, sp):
         assert x.sharding.is_equivalent_to(p.sharding, x.ndim), (x.sharding, p.sharding)
 
-    @jax.jit
-    def step(params, state, g):
-        u, state = tx.update(g, state, params)
-        return optax.apply_updates(params, u), state
-
+    step = jax.jit(make_step(tx))
     for g in grads:
         sp, state = step(sp, state, jax.device_put(g, sharding))
     want = run(tx, params, grads)[-1]
@@ -65,9 +68,7 @@ def test_pmap_data_parallel_equals_single_device(name):
     tx = build(name, 1e-2, 1e-2)
 
     def step(params, state, g):
-        g = jax.lax.pmean(g, "devices")
-        u, state = tx.update(g, state, params)
-        return optax.apply_updates(params, u), state
+        return make_step(tx)(params, state, jax.lax.pmean(g, "devices"))
 
     pstep = jax.pmap(step, axis_name="devices")
     replicate = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), t)
@@ -82,17 +83,12 @@ def test_pmap_data_parallel_equals_single_device(name):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_sharded_update_has_no_collectives(name):
     """An elementwise optimizer on FSDP-sharded params compiles to purely local work."""
-    mesh = jax.make_mesh((8,), ("fsdp",))
-    sharding = NamedSharding(mesh, P("fsdp"))
+    sharding = NamedSharding(jax.make_mesh((8,), ("fsdp",)), P("fsdp"))
     params = jax.device_put(make_params(jnp.float32, shapes=SHAPES), sharding)
     tx = build(name, 1e-2, 1e-3, schedule=optax.cosine_decay_schedule(1.0, 10), mask=MASK)
     state = tx.init(params)
-
-    def step(params, state, g):
-        u, state = tx.update(g, state, params)
-        return optax.apply_updates(params, u), state
-
-    hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile().as_text()
+    step = jax.jit(make_step(tx), donate_argnums=(0, 1))
+    hlo = step.lower(params, state, params).compile().as_text()
     assert not [op for op in COLLECTIVES if op in hlo], name
     # The test can fail: a norm of the sharded params needs an all-reduce.
     norm = jax.jit(lambda p: optax.tree_utils.tree_norm(p)).lower(params).compile().as_text()
@@ -109,16 +105,11 @@ set_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh  # use_mesh: 
 
 def flat_run(tx, layout, flat, grads, sharding=None, mesh=None):
     """Jitted steps on the flat buffers (sharded with `sharding`, under `set_mesh(mesh)`)."""
-
-    def step(flat, state, g):
-        u, state = tx.update(g, state, flat)
-        return optax.apply_updates(flat, u), state
-
     with set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         put = (lambda t: jax.device_put(t, sharding)) if sharding is not None else (lambda t: t)
         flat = put(flat)
         state = tx.init(flat)
-        step = jax.jit(step).lower(flat, state, flat).compile()
+        step = jax.jit(make_step(tx)).lower(flat, state, flat).compile()
         for g in grads:
             flat, state = step(flat, state, put(layout.ravel(g)))
     return flat, state, step.as_text()
