@@ -31,6 +31,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 # the heaviest compile-bound suites (hypothesis, sharding, flat buffers; about 40 s of
 # CPU each), so that the README's test command fits in a few minutes.
 SLOW = {
+    "test_recipes.py",  # Optax's other optimizers rebuilt (about 40 s of CPU)
     "test_hypothesis.py",
     "test_sharding.py",
     "test_flat.py",
