@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import OPTIMIZERS, REGISTRY, build, make_params, make_problem, reference
+from helpers import OPTIMIZERS, REGISTRY, build, make_params, make_problem, reference, run
 
 import optax_decay as od
 
@@ -84,10 +84,7 @@ def test_weight_decay_schedule_in_master_weights():
     params, grads = make_problem(5, jnp.float32)
     lam = lambda t: 0.2 / (1.0 + 0.5 * t)
     tx = od.master_weights(od.adamw(0.05, lam), dtype=jnp.float64)
-    state = tx.init(params)
-    for g in grads:
-        u, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, u)
+    _, state = run(tx, params, grads, jit=False, return_state=True)
     ref = reference("adamw", make_params(jnp.float32), grads, 0.05, lam)[-1]
     chex.assert_trees_all_close(state.master, ref, rtol=1e-10, atol=1e-12)
 
@@ -100,8 +97,7 @@ def test_master_weights_equals_float32_run():
     txm = od.master_weights(od.adamw(1e-2, 1e-3))
     p32, s32 = w32, tx32.init(w32)
     pm = jax.tree.map(lambda x: x.astype(jnp.bfloat16), w32)
-    sm = txm.init(pm)
-    sm = sm._replace(master=w32)  # start from the same float32 point
+    sm = txm.init(pm)._replace(master=w32)  # start from the same float32 point
     for g in grads:
         u, s32 = tx32.update(g, s32, p32)
         p32 = optax.apply_updates(p32, u)
