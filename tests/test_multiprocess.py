@@ -8,6 +8,7 @@ coordinator variables), each starts its own session, and every process group is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -61,20 +62,13 @@ def _launch(tmp_path: pathlib.Path, name: str, arg_lists: list[list[str]], **env
     """
     logs = [tmp_path / f"{name}.{i}.log" for i in range(len(arg_lists))]
     procs, failure = [], None
+    popen = dict(cwd=ROOT, env=_child_env(**env), stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         for args, log in zip(arg_lists, logs, strict=True):
             with open(log, "wb") as out:
                 command = [sys.executable, str(ROOT / "examples" / "multihost.py"), *args]
                 procs.append(
-                    subprocess.Popen(
-                        command,
-                        cwd=ROOT,
-                        env=_child_env(**env),
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
+                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **popen)
                 )
         deadline = time.monotonic() + HARD_TIMEOUT_S
         while failure is None:
@@ -90,10 +84,8 @@ def _launch(tmp_path: pathlib.Path, name: str, arg_lists: list[list[str]], **env
             time.sleep(0.05)
     finally:
         for p in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)  # p.pid is still ours: not reaped yet
-            except (ProcessLookupError, PermissionError):
-                pass
         for p in procs:
             p.wait()
     outputs = [log.read_text(errors="replace") for log in logs]
@@ -133,11 +125,8 @@ def test_two_processes_match_one_process(tmp_path):
     assert "processes: 2, devices: 4 (2 per process, cpu)" in outputs[0], outputs[0]
     (log,) = _launch(tmp_path, "one", [[*COMMON, "--cpu-devices", "4", "--out", str(one)]])
     assert "processes: 1, devices: 4 (4 per process, cpu)" in log, log
-    _launch(
-        tmp_path,
-        "nowd",
-        [[*COMMON, "--cpu-devices", "4", "--weight-decay", "0", "--out", str(nowd)]],
-    )
+    nowd_args = [*COMMON, "--cpu-devices", "4", "--weight-decay", "0", "--out", str(nowd)]
+    _launch(tmp_path, "nowd", [nowd_args])
 
     init = multihost.flatten(multihost.init_params(0))
     two, one, nowd = (_load(path) for path in (two, one, nowd))
