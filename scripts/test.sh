@@ -21,4 +21,5 @@ bash scripts/setup_data.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest -m "not slow" "$@"
+# Two or more workers (pytest-xdist), each test file on one worker.
+.venv/bin/python -m pytest -n auto --dist loadfile -m "not slow" "$@"

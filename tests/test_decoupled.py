@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from helpers import REGISTRY, build, make_grads, make_params, make_problem, max_rel_diff, run
+from helpers import build, make_grads, make_params, make_problem, max_rel_diff, run
 
 import optax_decay as od
 
@@ -89,7 +89,12 @@ def _registry_runs(name, params, grads, **kw):
     return run(build(name, **kw), params, grads)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+# One entry per decay rule (each transform, cautious, AdamP) and one whole optimizer.
+CENTERED = ["add_l2_to_grad", "decoupled_decay", "prox_l2", "adaptive_decay", "adamw_cautious"]
+CENTERED += ["sgd_l2_momentum", "adamw"]
+
+
+@pytest.mark.parametrize("name", CENTERED)
 def test_center_zero_is_bit_identical(name):
     params, grads = make_problem(3, jnp.float32)
     want = _registry_runs(name, params, grads)
@@ -115,7 +120,7 @@ def _closed_loop(tx, w, a, steps=15):
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n != "master_weights"))
+@pytest.mark.parametrize("name", CENTERED)
 @pytest.mark.parametrize("center", ["init", "tree"])
 def test_shifting_weights_center_and_minimizer_shifts_the_trajectory(name, center):
     """With w0, c and the minimizer a all moved by v, every update is unchanged.
