@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import optax_decay as od
 
@@ -32,6 +35,34 @@ def quick_run(main: Callable, out: Path) -> tuple[Any, dict, str]:
     with contextlib.redirect_stdout(stdout):
         returned = main(["--quick", "--no-progress", "--out", str(out)])
     return returned, json.loads((out / "results.json").read_text()), stdout.getvalue()
+
+
+def timm_optim(*modules: str) -> Any:
+    """timm's ``timm/optim/<module>.py`` files, loaded as submodules of a stand-in package.
+
+    ``import timm`` needs torchvision, which does not load here; the optimizer modules need
+    only torch and their siblings (``_types``, ``_helpers``). Loaded in the order given;
+    returns the last. Skips the test if torch or timm (``pip install --no-deps timm``) is
+    missing.
+    """
+    pytest.importorskip("torch")
+    package = "_timm_optim"
+    spec = importlib.util.find_spec("timm")  # finds the files, does not import timm
+    optim = Path(spec.submodule_search_locations[0], "optim") if spec else None
+    if optim is None or not all((optim / f"{m}.py").is_file() for m in modules):
+        pytest.skip("timm is not installed (pip install --no-deps timm==1.0.31)")
+    if package not in sys.modules:  # its __init__ (which imports timm) is not run
+        pkg = importlib.util.spec_from_file_location(
+            package, optim / "__init__.py", submodule_search_locations=[str(optim)]
+        )
+        sys.modules[package] = importlib.util.module_from_spec(pkg)
+    for name in modules:
+        if f"{package}.{name}" not in sys.modules:
+            sub = importlib.util.spec_from_file_location(f"{package}.{name}", optim / f"{name}.py")
+            module = importlib.util.module_from_spec(sub)
+            sys.modules[sub.name] = module
+            sub.loader.exec_module(module)
+    return sys.modules[f"{package}.{modules[-1]}"]
 
 
 # ---- The registry: every optimizer and transform the tests run, and what to expect of it.

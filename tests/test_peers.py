@@ -32,10 +32,7 @@ lr*eta(t), ..., peak_learning_rate=lr)``. timm's files are loaded without ``impo
 """
 
 import functools
-import importlib.util
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -45,6 +42,7 @@ torch = pytest.importorskip("torch")
 import chex  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
+from helpers import timm_optim  # noqa: E402
 
 import optax_decay as od  # noqa: E402
 
@@ -145,27 +143,6 @@ def test_cautious_tie_rule(hb):
 # ---- 2. Corrected weight decay (AdamC) vs timm's adamc.
 
 
-def _timm_adamw():
-    """timm/optim/adamw.py, loaded as a submodule of a stand-in package (no `import timm`)."""
-    if "_timm_optim.adamw" in sys.modules:
-        return sys.modules["_timm_optim.adamw"]
-    spec = importlib.util.find_spec("timm")  # finds the files, does not import timm
-    optim = pathlib.Path(spec.submodule_search_locations[0], "optim") if spec else None
-    if optim is None or not (optim / "adamw.py").is_file():
-        pytest.skip("timm is not installed")
-    loc = [str(optim)]
-    pkg = importlib.util.spec_from_file_location(
-        "_timm_optim", optim / "__init__.py", submodule_search_locations=loc
-    )
-    sys.modules["_timm_optim"] = importlib.util.module_from_spec(pkg)  # __init__ not run
-    for name in ("_types", "_helpers", "adamw"):
-        sub = importlib.util.spec_from_file_location(f"_timm_optim.{name}", optim / f"{name}.py")
-        module = importlib.util.module_from_spec(sub)
-        sys.modules[sub.name] = module
-        sub.loader.exec_module(module)
-    return module
-
-
 W, T = 3, NUM_STEPS  # warmup to 1 over 3 steps (t = 0, 1, 2), then cosine to 0.1 at t = T-1
 
 
@@ -180,7 +157,9 @@ A_LR, A_WD, A_ADAM = 0.1, 0.5, dict(b1=0.9, b2=0.99, eps=1e-6, coupled=True, cor
 
 def _adamc(ps, foreach=False):
     kw = dict(lr=A_LR, betas=(0.9, 0.99), eps=1e-6, weight_decay=A_WD, foreach=foreach)
-    opt = _timm_adamw().AdamWLegacy(ps, corrected_weight_decay=True, **kw)
+    opt = timm_optim("_types", "_helpers", "adamw").AdamWLegacy(
+        ps, corrected_weight_decay=True, **kw
+    )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda t: float(eta(t)))
 
 

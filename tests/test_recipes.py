@@ -11,9 +11,6 @@ gives other weights. Adan is also compared with timm's ``Adan`` (the paper's pro
 from __future__ import annotations
 
 import functools
-import importlib.util
-import pathlib
-import sys
 
 import chex
 import jax
@@ -21,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import timm_optim
 
 import optax_decay as od
 
@@ -273,37 +271,13 @@ def test_schedule_free_decay_cannot_be_appended():
 # 1 - b2 (0.08), in m_hat + b2*v_hat and in n = EMA_b3((g + b2*(g - g_prev))**2).
 
 
-def _timm_adan():
-    """timm/optim/adan.py, loaded as a submodule of a stand-in package (no `import timm`,
-    which needs torchvision). Skips if timm or torch is missing."""
-    pytest.importorskip("torch")
-    name = "_timm_optim_recipes"
-    if f"{name}.adan" in sys.modules:
-        return sys.modules[f"{name}.adan"]
-    spec = importlib.util.find_spec("timm")  # finds the files, does not import timm
-    optim = pathlib.Path(spec.submodule_search_locations[0], "optim") if spec else None
-    if optim is None or not (optim / "adan.py").is_file():
-        pytest.skip("timm is not installed (pip install --no-deps timm==1.0.31)")
-    loc = [str(optim)]
-    pkg = importlib.util.spec_from_file_location(
-        name, optim / "__init__.py", submodule_search_locations=loc
-    )
-    sys.modules[name] = importlib.util.module_from_spec(pkg)  # its __init__ is not run
-    for sub_name in ("_helpers", "adan"):
-        sub = importlib.util.spec_from_file_location(f"{name}.{sub_name}", optim / f"{sub_name}.py")
-        module = importlib.util.module_from_spec(sub)
-        sys.modules[sub.name] = module
-        sub.loader.exec_module(module)
-    return module
-
-
 def timm_adan_trajectory(b2, no_prox, foreach=False):
     """timm ``Adan`` in float64 on the same params and gradients: the params after each step."""
     import torch
 
     params = {k: torch.nn.Parameter(torch.tensor(np.asarray(v))) for k, v in _params().items()}
     betas = (ADAN["b1"], b2, ADAN["b3"])
-    opt = _timm_adan().Adan(
+    opt = timm_optim("_types", "_helpers", "adan").Adan(
         list(params.values()),
         lr=ADAN_LR,
         betas=betas,
