@@ -55,12 +55,9 @@ def trajectory(tx, params=None, grads=None):
 MATRIX = {"w": True, "b": False}  # a mask: decay the matrix only
 
 
-def is_matrix(params):  # muon's default split: 2-D leaves to Muon, the rest to AdamW
-    return jax.tree.map(lambda x: x.ndim == 2, params)
-
-
-def not_matrix(params):
-    return jax.tree.map(lambda x: x.ndim != 2, params)
+# muon's default split: 2-D leaves to Muon, the rest to AdamW
+is_matrix = lambda params: jax.tree.map(lambda x: x.ndim == 2, params)
+not_matrix = lambda params: jax.tree.map(lambda x: x.ndim != 2, params)
 
 
 # ---- The five optimizers: Optax's, and the recipe with a decay rule `decay` in it. Every
@@ -68,10 +65,7 @@ def not_matrix(params):
 
 LION_LR = optax.linear_schedule(0.02, 0.005, T)  # alpha(t)
 LION_WD = 1.0
-
-
-def lion_optax():
-    return optax.lion(LION_LR, b1=0.9, b2=0.99, weight_decay=LION_WD, mask=MATRIX)
+lion_optax = lambda: optax.lion(LION_LR, b1=0.9, b2=0.99, weight_decay=LION_WD, mask=MATRIX)
 
 
 def lion_recipe(decay):
@@ -84,15 +78,9 @@ def lion_recipe(decay):
 
 
 MUON_LR, MUON_WD, MUON_ADAM_LR, MUON_ADAM_WD = 0.05, 0.5, 0.01, 2.0
-
-
-def muon_optax():
-    return optax.contrib.muon(
-        MUON_LR,
-        weight_decay=MUON_WD,
-        adam_learning_rate=MUON_ADAM_LR,
-        adam_weight_decay=MUON_ADAM_WD,
-    )
+muon_optax = lambda: optax.contrib.muon(
+    MUON_LR, weight_decay=MUON_WD, adam_learning_rate=MUON_ADAM_LR, adam_weight_decay=MUON_ADAM_WD
+)
 
 
 def muon_recipe(decay):
@@ -107,12 +95,9 @@ def muon_recipe(decay):
 
 AF_LR, AF_WD = 0.05, 0.01
 AF = dict(min_dim_size_to_factor=2, decay_rate=0.8, momentum=0.9, clipping_threshold=1.0)
-
-
-def adafactor_optax():
-    return optax.adafactor(
-        AF_LR, **AF, dtype_momentum=jnp.float64, weight_decay_rate=AF_WD, weight_decay_mask=MATRIX
-    )
+adafactor_optax = lambda: optax.adafactor(
+    AF_LR, **AF, dtype_momentum=jnp.float64, weight_decay_rate=AF_WD, weight_decay_mask=MATRIX
+)
 
 
 def adafactor_recipe(decay):
@@ -131,10 +116,7 @@ def adafactor_recipe(decay):
 
 ADAN_LR, ADAN_WD = 0.02, 0.5
 ADAN = dict(b1=0.98, b2=0.92, b3=0.99, eps=1e-8)
-
-
-def adan_optax():
-    return optax.adan(ADAN_LR, **ADAN, eps_root=1e-8, weight_decay=ADAN_WD, mask=MATRIX)
+adan_optax = lambda: optax.adan(ADAN_LR, **ADAN, eps_root=1e-8, weight_decay=ADAN_WD, mask=MATRIX)
 
 
 def adan_recipe(decay):
@@ -148,12 +130,9 @@ def adan_recipe(decay):
 
 SF_LR, SF_WD, SF_WARMUP = 0.05, 0.5, 3
 SF_SCHEDULE = optax.warmup_constant_schedule(0.0, SF_LR, SF_WARMUP)  # as schedule_free_adamw
-
-
-def sf_optax():
-    return optax.contrib.schedule_free_adamw(
-        SF_LR, warmup_steps=SF_WARMUP, b1=0.9, b2=0.999, weight_decay=SF_WD
-    )
+sf_optax = lambda: optax.contrib.schedule_free_adamw(
+    SF_LR, warmup_steps=SF_WARMUP, b1=0.9, b2=0.999, weight_decay=SF_WD
+)
 
 
 def sf_recipe(decay):
@@ -175,20 +154,10 @@ RECIPES = {
 }
 
 
-# What each recipe needs from the installed optax (muon and schedule-free live in contrib).
-REQUIRES = {
-    "lion": (optax, "lion"),
-    "muon": (optax.contrib, "muon"),
-    "adafactor": (optax, "adafactor"),
-    "adan": (optax, "adan"),
-    "schedule_free_adamw": (optax.contrib, "schedule_free_adamw"),
-}
-
-
 def require(name):
-    module, attr = REQUIRES[name]
-    if not hasattr(module, attr):
-        pytest.skip(f"{module.__name__}.{attr} is not in optax {optax.__version__}")
+    module = optax.contrib if name in ("muon", "schedule_free_adamw") else optax  # attr = name
+    if not hasattr(module, name):
+        pytest.skip(f"{module.__name__}.{name} is not in optax {optax.__version__}")
 
 
 @functools.cache
