@@ -52,6 +52,8 @@ seeds = st.integers(0, 2**32 - 1)
 steps = st.integers(1, 4)
 log_scales = st.floats(-3.0, 3.0)  # gradients of size 10**log_scale
 decays = st.one_of(st.none(), st.floats(0.5, 1.0))  # eta_t = eta * decay^t, or a constant eta
+adam_args = st.fixed_dictionaries({"b1": betas, "b2": betas, "eps": epss, "eps_root": eps_roots})
+run_eager = functools.partial(run_steps, jit=False)  # the params after every step
 
 
 def assume_positive_decay_factor(name, alpha, lam, eta):
@@ -75,23 +77,13 @@ def problems(draw):
     ]
 
 
-adam_args = st.fixed_dictionaries({"b1": betas, "b2": betas, "eps": epss, "eps_root": eps_roots})
-
-
-run_eager = functools.partial(run_steps, jit=False)  # the params after every step
-
-
 def assert_trees_close(got, want, rtol, atol_rel):
     """``|got - want| <= rtol*|want| + atol``, with ``atol`` relative to the largest value."""
     got_leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(got)]
     want_leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(want)]
-    assert len(got_leaves) == len(want_leaves)
     biggest = max([1.0] + [float(np.max(np.abs(x), initial=0.0)) for x in want_leaves])
     for x, y in zip(got_leaves, want_leaves, strict=True):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol_rel * biggest)
-
-
-# --- every optimizer equals the float64 reference ---------------------------------------------
 
 
 @pytest.mark.x64
@@ -116,14 +108,12 @@ def test_matches_reference(name, alpha, lam, eta, adam, problem, momentum, neste
     assert_trees_close(got, want, rtol=1e-11, atol_rel=1e-13)
 
 
-# --- SGD + L2(lambda') == SGDW(alpha * lambda'), without momentum ------------------------------
-
-
 @pytest.mark.x64
 @SETTINGS
 @given(alpha=alphas, lam=lambdas, eta=etas, decay=decays, problem=problems())
 def test_sgd_l2_equals_sgdw_with_alpha_lambda(alpha, lam, eta, decay, problem):
-    """Also with a schedule ``eta_t = eta * decay^t`` (``decay`` not None)."""
+    """SGD + L2(lambda') == SGDW(alpha * lambda'), without momentum; also with a schedule
+    ``eta_t = eta * decay^t`` (``decay`` not None)."""
     assume(eta * alpha * lam < 1.0)
     schedule = eta if decay is None else (lambda t: eta * decay**t)
     l2 = run_eager(od.sgd_l2(alpha, lam, schedule=schedule), *problem)
@@ -131,22 +121,17 @@ def test_sgd_l2_equals_sgdw_with_alpha_lambda(alpha, lam, eta, decay, problem):
     assert_trees_close(l2, w, rtol=1e-12, atol_rel=1e-14)
 
 
-# --- adamw(coupled=True, lambda) == adamw(alpha*lambda) == optax.adamw(alpha, lambda) ----------
-
-
 @pytest.mark.x64
 @SETTINGS
 @given(alpha=alphas, lam=lambdas, eta=etas, adam=adam_args, problem=problems())
 def test_adamw_coupled_equals_paper_and_optax(alpha, lam, eta, adam, problem):
+    """adamw(coupled=True, lambda) == adamw(alpha*lambda) == optax.adamw(alpha, lambda)."""
     assume(eta * alpha * lam < 1.0)
     coupled = run_eager(od.adamw(alpha, lam, coupled=True, schedule=eta, **adam), *problem)
     paper = run_eager(od.adamw(alpha, alpha * lam, schedule=eta, **adam), *problem)
     ref = run_eager(optax.adamw(alpha * eta, weight_decay=lam, **adam), *problem)
     assert_trees_close(coupled, paper, rtol=1e-12, atol_rel=1e-14)
     assert_trees_close(coupled, ref, rtol=1e-12, atol_rel=1e-14)
-
-
-# --- weight_decay = 0 is Adam ---------------------------------------------------------------------
 
 
 @pytest.mark.x64
@@ -157,9 +142,6 @@ def test_zero_weight_decay_is_optax_adam(name, alpha, eta, adam, problem):
     got = run_eager(build(name, alpha, 0.0, schedule=eta, **adam), *problem)
     want = run_eager(optax.adam(alpha * eta, **adam), *problem)
     assert_trees_close(got, want, rtol=1e-12, atol_rel=1e-14)
-
-
-# --- ProxAdam and AdamP minimize the blog's (P1) and (P2) ----------------------------------------
 
 
 @pytest.mark.x64
@@ -188,9 +170,6 @@ def test_last_step_minimizes_the_blog_objective(name, alpha, lam, eta, adam, pro
     assert np.all(np.abs(grad) <= 1e-12 * size), np.max(np.abs(grad) / size)
 
 
-# --- AdamW and ProxAdam are scale-free with eps = 0 ------------------------------------------
-
-
 @pytest.mark.x64
 @pytest.mark.parametrize("name", ["adamw", "adamw_coupled", "prox_adam"])
 @SETTINGS
@@ -206,8 +185,6 @@ def test_scale_free_with_eps_zero(name, alpha, lam, eta, b1, b2, log_c, problem)
     got, want = run_eager(tx, params, scaled), run_eager(tx, params, grads)
     assert_trees_close(got, want, rtol=1e-12, atol_rel=1e-14)
 
-
-# --- low-precision dtypes --------------------------------------------------------------------
 
 # Gradient magnitudes per dtype: float16's range is 6e-8..65504, so Adam's
 # (1 - b2) g^2 underflows to 0 below |g| ~ 1e-2 (and eps = 1e-8 is 0 there),
