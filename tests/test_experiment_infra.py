@@ -283,7 +283,13 @@ def test_run_cli_exit_codes(capsys):
     assert capsys.readouterr().err.strip() == "error: the training diverged"
 
 
-EXPERIMENTS = ("lr_wd_map", "adamw_vs_adamp", "scale_freeness", "batchnorm_decay")
+EXPERIMENTS = (
+    "lr_wd_map",
+    "adamw_vs_adamp",
+    "scale_freeness",
+    "batchnorm_decay",
+    "finetune_center",
+)
 MISSING = ["--dataset", "fashion_mnist", "--data-dir", "{empty}"]
 BAD_INPUT = [
     ("demo", ["--steps", "0"], "`--steps` must be >= 1, got 0"),
@@ -318,6 +324,12 @@ BAD_INPUT = [
     ("batchnorm_decay", ["--weight-decays", "0,-1"], "`--weight-decays`"),
     ("batchnorm_decay", ["--track-every", "0"], "`--track-every`"),
     ("batchnorm_decay", ["--width", "a,b"], "`--width`"),
+    ("finetune_center", ["--optimizers", "adamw,nope"], "`--optimizers`"),
+    ("finetune_center", ["--decay-folds", ","], "`--decay-folds`"),
+    ("finetune_center", ["--l2-decays", "0,-1"], "`--l2-decays`"),
+    ("finetune_center", ["--finetune-size", "100000"], "`--finetune-size`"),
+    ("finetune_center", ["--pretrain-steps", "0"], "`--pretrain-steps`"),
+    ("finetune_center", ["--lr", "0"], "`--lr`"),
     *[
         (name, ["--train-size", "-3"], "`--train-size` must be >= 1, got -3")
         for name in EXPERIMENTS
