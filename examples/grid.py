@@ -5,6 +5,8 @@ the seed fixes its initial weights and batch order, so members of one seed diffe
 hyperparameters. These live in the optimizer state (:func:`optax.inject_hyperparams`), so one
 ``nnx.vmap``-ed ``nnx.Optimizer`` holds the grid and one jitted step updates all of it.
 ``loss_scale`` multiplies a member's training loss by ``c``; the reported loss is unscaled.
+``grad_norm_every=k`` records every ``k`` steps the global L2 norm of each member's (unscaled)
+loss gradient on its training batch, before the optimizer, as ``history["grad_norm"]``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -61,9 +64,9 @@ class GridResult:
         return out
 
 
-@functools.partial(nnx.jit, static_argnames="track")
-@functools.partial(nnx.vmap, in_axes=(0, 0, 0, 0, None, None, None, None), out_axes=0)
-def _train_step(model, optimizer, loss_scale, member_seed, x, y, batches, track):
+@functools.partial(nnx.jit, static_argnames=("track", "grad_norm"))
+@functools.partial(nnx.vmap, in_axes=(0, 0, 0, 0, None, None, None, None, None), out_axes=0)
+def _train_step(model, optimizer, loss_scale, member_seed, x, y, batches, track, grad_norm):
     idx = batches[member_seed]  # this member's batch: row ``member_seed`` of (S, B) indices
     before = nnx.state(model, nnx.Param)
     if track is not None:
@@ -71,6 +74,8 @@ def _train_step(model, optimizer, loss_scale, member_seed, x, y, batches, track)
     loss, grads = nnx.value_and_grad(lambda m: loss_scale * cross_entropy(m, x[idx], y[idx]))(model)
     optimizer.update(model, grads)
     metrics = {} if track is None else dict(track(before, nnx.state(model, nnx.Param)))
+    if grad_norm:
+        metrics["grad_norm"] = optax.tree.norm(grads) / loss_scale
     return loss / loss_scale, metrics
 
 
@@ -126,6 +131,7 @@ def train_grid(
     track: Track | None = None,
     track_every: int = 1,
     options: Mapping | None = None,
+    grad_norm_every: int = 0,
     progress: bool = True,
 ) -> GridResult:
     """Trains one model per grid point and seed, with the schedule ``optimizers.schedule(steps)``.
@@ -134,7 +140,8 @@ def train_grid(
     ``model_fn``: ``seed -> model``, called inside ``nnx.vmap`` with a traced seed;
     ``loss_scale``: per grid point; ``track``: ``(params_before, params_after) -> {name: array}``,
     recorded every ``track_every`` steps into ``history``; ``options``: further keyword
-    arguments of the optimizer, the same for all members (e.g. ``{"eps": 1e-12}``).
+    arguments of the optimizer, the same for all members (e.g. ``{"eps": 1e-12}``);
+    ``grad_norm_every``: ``k > 0`` records the gradient norm every ``k`` steps (module docstring).
     """
     num_seeds = len(seeds)
     hp = {k: np.repeat(np.asarray(v, np.float64), num_seeds) for k, v in hparams.items()}
@@ -148,14 +155,18 @@ def train_grid(
     scale_j, member_j = jnp.asarray(scale, jnp.float32), jnp.asarray(member_seed)
     step = nnx.cached_partial(_train_step, model, opt)
     batches = np.stack([batch_indices(len(x), steps, batch_size, s) for s in seeds], axis=1)
-    losses, history, tail = [], [], max(1, steps // 10)  # tail: the steps of train_loss
+    losses, history, norms, tail = [], [], [], max(1, steps // 10)  # tail: the steps of train_loss
     style = dict(unit="step", disable=not progress, file=sys.stderr, leave=False)
     with tqdm(batches, f"{optimizer:<13}", **style) as bar:
         for t, idx in enumerate(bar):
             on = track is not None and (t + 1) % track_every == 0
-            loss, metrics = step(scale_j, member_j, x, y, jnp.asarray(idx), track if on else None)
+            gn = grad_norm_every > 0 and (t + 1) % grad_norm_every == 0
+            batch = (jnp.asarray(idx), track if on else None, gn)
+            loss, metrics = step(scale_j, member_j, x, y, *batch)
             if t >= steps - tail:
                 losses.append(loss)
+            if gn:
+                norms.append(metrics.pop("grad_norm"))
             if on:
                 history.append(metrics)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -168,6 +179,7 @@ def train_grid(
         train_loss=np.asarray(jnp.mean(jnp.stack(losses), axis=0)),
         weight_norm=np.asarray(_weight_norm(model)),
         params=jax.tree.map(np.asarray, params),
-        history={k: np.stack([np.asarray(h[k]) for h in history]) for k in (history or [{}])[0]},
+        history={k: np.stack([np.asarray(h[k]) for h in history]) for k in (history or [{}])[0]}
+        | ({"grad_norm": np.stack([np.asarray(n) for n in norms])} if norms else {}),
         seconds=time.perf_counter() - start,
     )
