@@ -330,6 +330,9 @@ BAD_INPUT = [
     ("finetune_center", ["--finetune-size", "100000"], "`--finetune-size`"),
     ("finetune_center", ["--pretrain-steps", "0"], "`--pretrain-steps`"),
     ("finetune_center", ["--lr", "0"], "`--lr`"),
+    ("modern_decay", ["--optimizers", "adamw,nope"], "`--optimizers`"),
+    ("modern_decay", ["--grad-every", "0"], "`--grad-every`"),
+    ("modern_decay", ["--width", "a"], "`--width`"),
     *[
         (name, ["--train-size", "-3"], "`--train-size` must be >= 1, got -3")
         for name in EXPERIMENTS
