@@ -4,11 +4,11 @@ The examples are imported as ``from examples import ...``: pytest's ``pythonpath
 (pyproject.toml) puts the repo root on ``sys.path``.
 
 Two tiers. ``bash scripts/test.sh`` (the README's test command) runs ``-m "not slow"``:
-the package's unit, closed-form and property tests, doctests, torch parity, the README's
-code and the checks of the shared example modules, in a few minutes. The heavy suites and
-the tests that train or start processes, listed in ``SLOW`` (whole files) or marked
-``@pytest.mark.slow``, and the notebooks form the slow tier: ``bash scripts/test.sh -m
-slow`` (a later ``-m`` wins), which ``.ci/run`` runs too.
+the package's unit, closed-form and property tests, doctests, the README's code and the
+checks of the shared example modules, in a few minutes. The peers (torch.optim, heavyball,
+timm), the heavy suites and the tests that train or start processes, listed in ``SLOW``
+(whole files) or marked ``@pytest.mark.slow``, and the notebooks form the slow tier:
+``bash scripts/test_slow.sh`` (which installs the peers first), which ``.ci/run`` runs too.
 
 ``@pytest.mark.x64`` (on a test, a ``pytest.param`` or a module's ``pytestmark``) is the one
 way a test runs in float64: the test, its fixtures and every hypothesis example run under
@@ -31,6 +31,8 @@ jax.config.update("jax_num_cpu_devices", 8)
 # the heaviest compile-bound suites (hypothesis, sharding, flat buffers; about 40 s of
 # CPU each), so that the README's test command fits in a few minutes.
 SLOW = {
+    "test_torch_parity.py",  # the peers, installed by scripts/test_slow.sh (torch: ~1 min)
+    "test_peers.py",
     "test_recipes.py",  # Optax's other optimizers rebuilt (about 40 s of CPU)
     "test_hypothesis.py",
     "test_sharding.py",

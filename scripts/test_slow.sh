@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The slow tier of the test suite: the peers (torch.optim, heavyball, timm) step by
+# step, the heavy suites, every script end to end and the notebooks (tests/conftest.py
+# lists them). Installs what scripts/test.sh installs, plus the peers; arguments go to
+# pytest (e.g. `-k peers`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/venv.sh test
+# torch 2.13.0 is the CPU build pip finds on this project's machines. heavyball and timm
+# come with --no-deps, so that they cannot replace it (timm's optimizer modules are
+# loaded without its torchvision). Each peer's tests skip if it cannot be installed.
+.venv/bin/python -m pip install -q torch==2.13.0 ||
+  echo "warning: torch==2.13.0 not installed; the torch, heavyball and timm tests will be skipped"
+.venv/bin/python -m pip install -q --no-deps heavyball==3.2.1 opt-einsum==3.4.0 timm==1.0.31 ||
+  echo "warning: heavyball or timm not installed; their parity tests will be skipped"
+bash scripts/setup_data.sh
+.venv/bin/python -m pytest -n auto --dist loadfile -m slow "$@"
