@@ -17,7 +17,7 @@ from optax_decay._checks import (
     require_params,
 )
 from optax_decay._convert import evaluate, step_size
-from optax_decay._decoupled import CenterOrInit, center_tree, check_center
+from optax_decay._decoupled import CenterOrInit, check_center, current_center, initial_center
 from optax_decay._masks import MaskOrFn, is_array_mask, is_multiplier, resolve_mask
 
 
@@ -241,16 +241,11 @@ def adaptive(
     check_nonnegative("weight_decay", weight_decay)
     check_center(center)
     step = step_size(learning_rate, schedule)
-    stores_center = isinstance(center, str)  # "init"
     adam_init = _adam_init(mu_dtype)
 
     def init_fn(params):
-        state = adam_init(params)
-        if stores_center:  # a copy (jnp.array copies): donating the params does not free it
-            return AdaptiveDecayState(*state, center=jax.tree.map(jnp.array, params))
-        if center is not None:
-            center_tree(center, params)
-        return state
+        state, stored = adam_init(params), initial_center(center, params)
+        return state if stored is None else AdaptiveDecayState(*state, center=stored)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -262,12 +257,10 @@ def adaptive(
         )
         lam = evaluate(weight_decay, state.count)
         s = evaluate(step, state.count)
-        if center is None:
-            c_tree = jax.tree.map(lambda _: None, params)
-        else:
-            c_tree = state.center if stores_center else center_tree(center, params)
+        stored = getattr(state, "center", None)
+        c_tree = current_center(center, stored, params)
         mu, mu_hat, denom, new = _adam_moments(updates, state, b1, b2, eps, eps_root, mu_dtype)
-        state = AdaptiveDecayState(*new, center=state.center) if stores_center else new
+        state = new if stored is None else AdaptiveDecayState(*new, center=stored)
         # s * mhat = (s / (1 - b1^t)) * m: the bias correction as a scalar factor. An
         # elementwise `m / (1 - b1^t)` stays a vector divide in XLA, a third one per
         # element where Adam (and optax.adamw) needs two: 1.14x optax.adamw on CPU.

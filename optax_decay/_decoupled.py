@@ -12,7 +12,6 @@ import optax
 from optax_decay._checks import (
     check_decay_factor,
     check_nonnegative,
-    is_none,
     require_params,
     value_at_zero,
 )
@@ -253,6 +252,26 @@ def center_tree(center: Any, params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(check, tree, params, is_leaf=stop)
 
 
+def initial_center(center: Any, params: Any) -> Any:
+    """What a state keeps for ``center``: a copy of ``params`` for ``"init"``, else None.
+
+    A copy (``jnp.array`` copies), so that donating the params does not free it. A
+    pytree center is checked against the params here, at ``init``.
+    """
+    if isinstance(center, str):  # "init"
+        return jax.tree.map(jnp.array, params)
+    if center is not None:
+        center_tree(center, params)
+    return None
+
+
+def current_center(center: Any, stored: Any, params: Any) -> Any:
+    """``c`` with the params' structure: None leaves without a center, ``stored`` for "init"."""
+    if center is None:
+        return jax.tree.map(lambda _: None, params, is_leaf=_stop)
+    return stored if isinstance(center, str) else center_tree(center, params)
+
+
 def scheduled_decay(
     name,
     weight_decay,
@@ -275,20 +294,15 @@ def scheduled_decay(
     """
     check_center(center)
     needs_count = callable(weight_decay) or callable(schedule)
-    stores_center = isinstance(center, str)  # "init"
     eta0, lam0 = value_at_zero(schedule), value_at_zero(weight_decay)
     rate0 = None if not warn or eta0 is None or lam0 is None else eta0 * lam0
 
     def init_fn(params):
         warn_if_decay_lost(name, rate0, params)
         count = jnp.zeros([], jnp.int32) if needs_count else None
-        if stores_center:
-            # A copy (jnp.array copies), so that donating the params does not free it.
-            return DecoupledDecayState(count, jax.tree.map(jnp.array, params))
-        if center is not None:
-            center_tree(center, params)
-        if needs_count:
-            return DecoupledDecayState(schedule_count=count)
+        stored = initial_center(center, params)
+        if needs_count or stored is not None:
+            return DecoupledDecayState(count, stored)
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None, decay_multipliers=None, **extra_args):
@@ -312,16 +326,10 @@ def scheduled_decay(
                 rate = rate * jnp.asarray(m, u.dtype)
             return leaf(u, w, rate)
 
-        if center is None and decay_multipliers is None:
-            updates = jax.tree.map(per_leaf, updates, params, is_leaf=is_none)
-        else:
-            nones = jax.tree.map(lambda _: None, params, is_leaf=_stop)
-            if center is None:
-                c = nones
-            else:
-                c = state.center if stores_center else center_tree(center, params)
-            m = nones if decay_multipliers is None else decay_multipliers
-            updates = jax.tree.map(per_leaf, updates, params, c, m, is_leaf=_stop)
+        c = current_center(center, getattr(state, "center", None), params)
+        m = decay_multipliers  # the resolved mask, passed by `masked` when it has multipliers
+        m = jax.tree.map(lambda _: None, params, is_leaf=_stop) if m is None else m
+        updates = jax.tree.map(per_leaf, updates, params, c, m, is_leaf=_stop)
         if needs_count:
             state = state._replace(schedule_count=optax.safe_increment(count))
         return updates, state
