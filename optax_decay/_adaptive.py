@@ -17,8 +17,21 @@ from optax_decay._checks import (
     require_params,
 )
 from optax_decay._convert import evaluate, step_size
-from optax_decay._decoupled import CenterOrInit, check_center, current_center, initial_center
-from optax_decay._masks import MaskOrFn, is_array_mask, is_multiplier, resolve_mask
+from optax_decay._decoupled import (
+    CenterOrInit,
+    check_center,
+    current_center,
+    initial_center,
+    scaled,
+)
+from optax_decay._masks import (
+    MaskOrFn,
+    SegmentMultipliers,
+    is_array_mask,
+    is_multiplier,
+    resolve_mask,
+)
+from optax_decay._sparsity import check_penalty
 
 
 class AdaptiveDecayState(NamedTuple):
@@ -149,6 +162,7 @@ def adaptive_decay(
     eps_root: float = 0.0,
     mu_dtype=None,
     center: CenterOrInit = None,
+    penalty: str = "l2",
 ) -> optax.GradientTransformation:
     r"""The Adam step with the preconditioned, adaptive decay of "AdamP".
 
@@ -230,14 +244,27 @@ def adaptive_decay(
         eps_root,
         mu_dtype,
         center,
+        penalty,
     )
 
 
 def adaptive(
-    name, learning_rate, weight_decay, schedule, mask, b1, b2, eps, eps_root, mu_dtype, center=None
+    name,
+    learning_rate,
+    weight_decay,
+    schedule,
+    mask,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    center=None,
+    penalty="l2",
 ):
     """:func:`adaptive_decay` with its errors naming ``name`` (``adamp`` uses it)."""
     _check_adam_args(b1, b2, eps, eps_root)
+    check_penalty(name, penalty)
     check_nonnegative("weight_decay", weight_decay)
     check_center(center)
     step = step_size(learning_rate, schedule)
@@ -282,10 +309,18 @@ def adaptive(
             k = s_ * jnp.asarray(lam, d.dtype)
             if is_multiplier(on):  # a per-leaf multiplier of lambda (a Python float)
                 k = k * jnp.asarray(on, d.dtype)
+            if isinstance(on, SegmentMultipliers):  # a flat buffer: a multiplier per segment
+                return on.select(d, lambda v: decayed(m_raw, d, w, scaled(k, v)), -s_ * (m / d))
+            return decayed(m_raw, d, w, k, on if per_element else None)
+
+        def decayed(m_raw, d, w, k, on=None):
+            if penalty == "l1":
+                return soft_thresholded(m_raw, d, w, k, on)
+            s_ = jnp.asarray(s, d.dtype)
             keep = 1 / (1 + k)
             drop = jnp.where(jnp.isinf(k), jnp.ones_like(k), k * keep)
             s_m = keep * s_ / bias1.astype(d.dtype)
-            if per_element:
+            if on is not None:
                 # The plain Adam step where the mask is False. Select between per-element
                 # values, not scalars: under a fixed mask and a constant step, a
                 # where(on, scalar, scalar) is loop invariant, and XLA hoists it out of a
@@ -300,6 +335,19 @@ def adaptive(
                 num = jnp.where(on, s_m * m_raw + drop * w, plain * m_raw)
                 return -num / jnp.where(on, keep * d + drop, d)
             return -(s_m * m_raw + drop * w) / (keep * d + drop)
+
+        def soft_thresholded(m_raw, d, w, k, on=None):
+            # y = w - s*mhat/D, thresholded at k/D = s*lambda/D. Where |y| <= k/D the change
+            # is -w, so that w + (-w) is exactly 0; elsewhere -s*mhat/D - sign(y)*k/D.
+            step = (jnp.asarray(s, d.dtype) / bias1.astype(d.dtype)) * m_raw / d
+            y, threshold = w - step, k / d
+            u = jnp.where(jnp.abs(y) <= threshold, -w, -step - jnp.sign(y) * threshold)
+            if on is None:
+                return u
+            target = jax.typeof(w).sharding  # as in `decayed`: an array mask takes w's sharding
+            if target.mesh.explicit_axes and jax.typeof(on).sharding.mesh.explicit_axes:
+                on = jax.sharding.reshard(on, target)
+            return jnp.where(on, u, -step)
 
         updates = jax.tree.map(leaf, mu, mu_hat, denom, params, decay_on, c_tree, is_leaf=is_none)
         return updates, state

@@ -16,7 +16,7 @@ from optax_decay._checks import (
     value_at_zero,
 )
 from optax_decay._convert import evaluate
-from optax_decay._masks import MaskOrFn, is_multiplier, masked
+from optax_decay._masks import MaskOrFn, SegmentMultipliers, is_multiplier, masked
 from optax_decay._precision import warn_if_decay_lost
 
 
@@ -272,6 +272,11 @@ def current_center(center: Any, stored: Any, params: Any) -> Any:
     return stored if isinstance(center, str) else center_tree(center, params)
 
 
+def scaled(rate: jax.Array, multiplier: float) -> jax.Array:
+    """``rate*multiplier`` as the tree path computes it (a ``True`` leaf is not multiplied)."""
+    return rate if multiplier == 1.0 else rate * jnp.asarray(multiplier, rate.dtype)
+
+
 def scheduled_decay(
     name,
     weight_decay,
@@ -324,6 +329,8 @@ def scheduled_decay(
             rate = jnp.asarray(eta, u.dtype) * jnp.asarray(lam, u.dtype)
             if is_multiplier(m):  # a per-leaf multiplier of lambda (a Python float)
                 rate = rate * jnp.asarray(m, u.dtype)
+            if isinstance(m, SegmentMultipliers):  # a flat buffer: one multiplier per segment
+                return m.select(u, lambda v: leaf(u, w, scaled(rate, v)), u)
             return leaf(u, w, rate)
 
         c = current_center(center, getattr(state, "center", None), params)

@@ -19,6 +19,14 @@ compare that XLA fuses into the update, with no mask array in memory. Pass it
 as ``mask=layout.mask`` to any optimizer of the package. The result equals the
 tree path's, element for element (``tests/test_flat.py``).
 
+Multipliers. A mask with per-leaf multipliers of ``lambda`` (numbers, as
+:func:`weight_decay_multipliers` gives) groups the decayed leaves of each buffer
+by multiplier, so that each multiplier is one segment of the buffer. Then
+``layout.mask(flat)`` is ``{dtype: SegmentMultipliers}``: the segments' ends and
+multipliers, static. The transforms compute their update once per segment with
+a scalar rate and select per element by compares of an iota, so no float array
+of multipliers is built or read.
+
 Sharding. A buffer sharded over ``n`` devices (FSDP: ``NamedSharding(mesh,
 P("x"))``) needs a length divisible by ``n``. ``flat_layout(params,
 pad_to_multiple_of=n)`` rounds each buffer up with padding elements at its
@@ -80,9 +88,10 @@ import numpy as np
 from optax_decay._checks import is_none
 from optax_decay._masks import (
     MaskOrFn,
+    SegmentMultipliers,
     check_not_step_count,
     is_array_mask,
-    is_multiplier,
+    prefix_mask,
     resolve_mask,
 )
 
@@ -110,13 +119,6 @@ RAVEL_DTYPE_MSG = (
 FLAT_KEYS_MSG = (
     "`FlatLayout.{method}` expects the dict of flat buffers made by `layout.ravel`, "
     "with keys {want} and 1-D buffers of sizes {sizes}; got {got}."
-)
-
-FLAT_MULTIPLIER_MSG = (
-    "`flat_layout` got the multiplier {value!r} at mask leaf {path}: per-leaf multipliers of "
-    "weight_decay are not supported on flat buffers yet (a buffer's mask is one decayed "
-    "prefix). Train that tree on the tree path, or split the params into one flat layout "
-    "per multiplier with a transform each (`optax.multi_transform`)."
 )
 
 FLAT_MASK_MSG = (
@@ -148,34 +150,18 @@ class _Buffer(NamedTuple):
     sizes: tuple[int, ...]  # the number of elements of each of those leaves
     decayed: int
     padding: int = 0  # zeros after the last leaf
+    # The decayed prefix as (multiplier of lambda, number of elements) runs, in order.
+    segments: tuple[tuple[float, int], ...] = ()
+
+    def multipliers(self) -> SegmentMultipliers:
+        """The buffer's multipliers: one constant per segment, 0 after the decayed prefix."""
+        ends = tuple(int(e) for e in np.cumsum([n for _, n in self.segments]))
+        return SegmentMultipliers(self.size, ends, tuple(m for m, _ in self.segments))
 
     @property
     def size(self) -> int:
         """The length of the buffer, padding included."""
         return sum(self.sizes) + self.padding
-
-
-# `jnp.arange` counts in int32 unless x64 is enabled: from 2**31 elements on it wraps.
-_IOTA_LIMIT = 2**31
-
-
-def _prefix_mask(size: int, decayed: int, like: Any) -> jax.Array:
-    """``arange(size) < decayed`` without an index that overflows int32, sharded like ``like``.
-
-    On a mesh with Explicit axes the sharding is part of an array's type, and
-    ``jnp.where`` rejects a mask typed replicated there (as one built under
-    ``jax.set_mesh`` is) for a sharded buffer: such a mask takes the buffer's sharding,
-    each device computing its own part (no communication).
-    """
-    if size < _IOTA_LIMIT:
-        mask = jnp.arange(size) < decayed
-    else:
-        mask = jnp.concatenate([jnp.ones(decayed, bool), jnp.zeros(size - decayed, bool)])
-    if isinstance(like, jax.Array):  # tracers too; a NumPy buffer has no typed sharding
-        sharding = jax.typeof(like).sharding
-        if sharding.mesh.explicit_axes and jax.typeof(mask).sharding.mesh.explicit_axes:
-            mask = jax.sharding.reshard(mask, sharding)
-    return mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,13 +200,21 @@ class FlatLayout:
         return {b.name: b.padding for b in self.buffers}
 
     @property
-    def mask(self) -> Callable[[Any], dict[str, jax.Array]] | None:
+    def has_multipliers(self) -> bool:
+        """True when the mask gave some leaf a multiplier of ``lambda`` other than 0 and 1."""
+        return any(m != 1.0 for b in self.buffers for m, _ in b.segments)
+
+    @property
+    def mask(self) -> Callable[[Any], dict[str, Any]] | None:
         """The per-element mask to pass as ``mask=``: ``flat -> {dtype: bool array}``.
 
         True on the elements of the decayed leaves, False on the others and on the
         padding. ``None`` (decay everything) when the layout was built without a
         mask and has no padding; built without a mask but padded, the layout's mask
-        is True on every param element and False on the padding only.
+        is True on every param element and False on the padding only. A layout
+        built with multipliers (``has_multipliers``) gives one
+        :class:`~optax_decay._masks.SegmentMultipliers` per buffer instead: the
+        multiplier of each segment of leaves, 0 on the rest and on the padding.
         """
         needed = self.has_mask or any(b.padding for b in self.buffers)
         return _ElementMask(self) if needed else None
@@ -235,7 +229,7 @@ class FlatLayout:
         buffer, as ``jnp.where`` requires there.
         """
         self._check_flat("mask", flat)
-        return {b.name: _prefix_mask(b.size, b.decayed, flat[b.name]) for b in self.buffers}
+        return {b.name: prefix_mask(b.size, b.decayed, flat[b.name]) for b in self.buffers}
 
     def ravel(self, tree: Any) -> dict[str, jax.Array]:
         """Packs a tree with the params' structure into ``{dtype name: 1-D buffer}``.
@@ -310,6 +304,9 @@ class FlatLayout:
     def __repr__(self) -> str:
         def describe(b: _Buffer) -> str:
             padding = f", {b.padding} padding" if b.padding else ""
+            if self.has_multipliers:
+                runs = " + ".join(f"{n} x{m:g}" for m, n in b.segments) or "0"
+                return f"{b.name}: {b.size} ({runs} decayed{padding})"
             return f"{b.name}: {b.size} ({b.decayed} decayed{padding})"
 
         parts = ", ".join(describe(b) for b in self.buffers)
@@ -341,8 +338,11 @@ class _ElementMask:
 
     layout: FlatLayout
 
-    def __call__(self, flat: Mapping[str, Any]) -> dict[str, jax.Array]:
+    def __call__(self, flat: Mapping[str, Any]) -> dict[str, Any]:
         check_not_step_count("layout.mask", flat)
+        if self.layout.has_multipliers:
+            self.layout._check_flat("mask", flat)
+            return {b.name: b.multipliers() for b in self.layout.buffers}
         return self.layout.element_mask(flat)
 
     def __repr__(self) -> str:
@@ -366,9 +366,10 @@ def flat_layout(
 
     Args:
       params: the params pytree (arrays, or ``jax.ShapeDtypeStruct`` leaves).
-      mask: which leaves to decay: a pytree of Python bools with the params'
-        structure (or a prefix of it), or a callable ``params -> pytree`` such
-        as :func:`weight_decay_mask`; ``None`` decays every leaf and makes
+      mask: which leaves to decay: a pytree of Python bools (or numbers ``>= 0``,
+        multipliers of ``lambda``) with the params' structure (or a prefix of
+        it), or a callable ``params -> pytree`` such as :func:`weight_decay_mask`
+        or :func:`weight_decay_multipliers`; ``None`` decays every leaf and makes
         ``layout.mask`` ``None`` (unless there is padding).
       pad_to_multiple_of: a positive int ``n``: pad each buffer to a multiple
         of ``n`` elements; ``None`` (the default) pads nothing.
@@ -415,19 +416,32 @@ def flat_layout(
             where = jax.tree_util.keystr(path) or "(root)"
             if is_array_mask(m):
                 raise TypeError(FLAT_MASK_MSG.format(path=where))
-            if is_multiplier(m):
-                raise NotImplementedError(FLAT_MULTIPLIER_MSG.format(path=where, value=m))
     names = [_dtype_name(leaf) for leaf in leaves]
     shapes = tuple(tuple(int(d) for d in leaf.shape) for leaf in leaves)
     sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
     buffers = []
     for name in dict.fromkeys(names):  # dtypes in order of first appearance
         mine = [i for i, n in enumerate(names) if n == name]
-        order = [i for i in mine if decay[i]] + [i for i in mine if not decay[i]]
-        decayed = sum(sizes[i] for i in mine if decay[i])
+        # The decayed leaves grouped by multiplier (True is 1), in order of first
+        # appearance, so that each multiplier is one segment; then the others.
+        mults = {i: float(decay[i]) for i in mine if decay[i]}
+        segments = tuple(
+            (m, sum(sizes[i] for i in mults if mults[i] == m))
+            for m in dict.fromkeys(mults.values())
+        )
+        order = [i for m, _ in segments for i in mults if mults[i] == m]
+        order += [i for i in mine if not decay[i]]
+        decayed = sum(n for _, n in segments)
         padding = -sum(sizes[i] for i in mine) % multiple if multiple else 0
         buffers.append(
-            _Buffer(name, tuple(order), tuple(sizes[i] for i in order), decayed, int(padding))
+            _Buffer(
+                name,
+                tuple(order),
+                tuple(sizes[i] for i in order),
+                decayed,
+                int(padding),
+                segments,
+            )
         )
     return FlatLayout(
         treedef=treedef,

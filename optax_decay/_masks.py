@@ -11,6 +11,9 @@ are either
 * Python numbers ``m >= 0``: per-leaf multipliers of ``lambda`` (the leaf is
   decayed with ``m*lambda``; ``True`` is 1, ``False`` is 0), as big_vision's
   ``wd_mults``; :func:`weight_decay_multipliers` builds them from rules; or
+* on a flat buffer, the :class:`SegmentMultipliers` that
+  ``flat_layout(...).mask`` returns for a mask with multipliers: one constant
+  multiplier per segment of the buffer; or
 * boolean arrays (NumPy or JAX, or tracers when a callable mask builds them
   inside ``jit``) with exactly the shape of their param leaf, ``True`` meaning
   "decay this element". The decay is then computed for the whole leaf and
@@ -27,6 +30,7 @@ module adds the checks and the usual mask.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -107,8 +111,60 @@ def check_not_step_count(name: str, params: Any) -> None:
             raise TypeError(STEP_COUNT_MSG.format(name=name, what="a 0-d integer array"))
 
 
+# `jnp.arange` counts in int32 unless x64 is enabled: from 2**31 elements on it wraps.
+IOTA_LIMIT = 2**31
+
+
+def prefix_mask(size: int, end: int, like: Any) -> jax.Array:
+    """``arange(size) < end`` without an index that overflows int32, sharded like ``like``.
+
+    On a mesh with Explicit axes the sharding is part of an array's type, and
+    ``jnp.where`` rejects a mask typed replicated there (as one built under
+    ``jax.set_mesh`` is) for a sharded buffer: such a mask takes the buffer's sharding,
+    each device computing its own part (no communication).
+    """
+    if size < IOTA_LIMIT:
+        mask = jnp.arange(size) < end
+    else:
+        mask = jnp.concatenate([jnp.ones(end, bool), jnp.zeros(size - end, bool)])
+    if isinstance(like, jax.Array):  # tracers too; a NumPy buffer has no typed sharding
+        sharding = jax.typeof(like).sharding
+        if sharding.mesh.explicit_axes and jax.typeof(mask).sharding.mesh.explicit_axes:
+            mask = jax.sharding.reshard(mask, sharding)
+    return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentMultipliers:
+    """Per-element multipliers of ``lambda`` on a flat buffer, one constant per segment.
+
+    ``values[k]`` on the elements ``[ends[k-1], ends[k])`` (from 0 for ``k = 0``),
+    and 0 (no decay) from ``ends[-1]`` to ``size``. :func:`optax_decay.flat_layout`
+    groups the leaves by multiplier so that each multiplier is one segment, and its
+    ``layout.mask`` returns one of these per buffer. A static mask leaf: no float
+    array is built, the transforms compute their update once per segment with a
+    scalar rate and select per element (:meth:`select`).
+    """
+
+    size: int
+    ends: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def select(self, like: Any, branch: Callable[[float], Any], default: Any) -> Any:
+        """``branch(values[k])`` on segment ``k``, ``default`` after the last one.
+
+        Selects between per-element values with compares of an iota (no multiplier
+        array): with a constant step, a multiplier array would be loop invariant, and
+        XLA would hoist it out of a training loop and read it back at every step.
+        """
+        out = default
+        for end, value in zip(reversed(self.ends), reversed(self.values), strict=True):
+            out = jnp.where(prefix_mask(self.size, end, like), branch(value), out)
+        return out
+
+
 def _is_static(leaf: Any) -> bool:
-    return isinstance(leaf, (bool, np.bool_)) or is_multiplier(leaf)
+    return isinstance(leaf, (bool, np.bool_, SegmentMultipliers)) or is_multiplier(leaf)
 
 
 def is_multiplier(leaf: Any) -> bool:
@@ -174,6 +230,12 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
 
     def broadcast(path, m, sub):
         where = jax.tree_util.keystr(path) or "(root)"
+        if isinstance(m, SegmentMultipliers):
+            if _shape(sub) != (m.size,):
+                raise ValueError(
+                    MASK_SHAPE_MSG.format(path=where, mask_shape=(m.size,), param_shape=_shape(sub))
+                )
+            return m
         if not is_array_mask(m):
             value = _static_value(m, where)
             return jax.tree.map(lambda _: value, sub, is_leaf=is_none)
@@ -200,12 +262,20 @@ def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
 
 def _static_part(full_mask: Any) -> Any:
     """The resolved mask with each array leaf and multiplier replaced by True (run ``inner``)."""
-    return jax.tree.map(lambda m: True if is_array_mask(m) or is_multiplier(m) else m, full_mask)
+    return jax.tree.map(lambda m: True if is_array_mask(m) or has_multipliers(m) else m, full_mask)
+
+
+def has_multipliers(m: Any) -> bool:
+    """True for a mask leaf that scales ``lambda``: a number, or a flat buffer's segments."""
+    return is_multiplier(m) or isinstance(m, SegmentMultipliers)
 
 
 def max_multiplier(full_mask: Any) -> float:
     """The largest multiplier of a resolved mask (1 where it has only bools and arrays)."""
-    return max([1.0, *(m for m in jax.tree.leaves(full_mask) if is_multiplier(m))])
+    values = [1.0]
+    for m in jax.tree.leaves(full_mask):
+        values += m.values if isinstance(m, SegmentMultipliers) else [m] if is_multiplier(m) else []
+    return max(values)
 
 
 def _has_array_leaf(tree: Any) -> bool:
@@ -225,9 +295,10 @@ def masked(
     with no extra operations. A boolean array leaf runs ``inner`` on its whole
     param leaf, as a ``True`` leaf would, and keeps ``inner``'s update where
     the array is True and the incoming update elsewhere (``jnp.where``). A
-    multiplier leaf runs ``inner`` too, which gets the resolved mask as the extra
-    argument ``decay_multipliers`` (only when the mask has multipliers) and
-    scales its rate by it; ``check_multiplier`` is called with the largest
+    multiplier leaf (a number, or the :class:`SegmentMultipliers` of a flat buffer)
+    runs ``inner`` too, which gets the resolved mask as the extra argument
+    ``decay_multipliers`` (only when the mask has multipliers) and scales its
+    rate by it; ``check_multiplier`` is called with the largest
     multiplier at ``init`` and ``update``. The
     state is that of :func:`optax.masked` with ``True`` at those leaves, so it
     does not depend on the kind of mask. Running ``inner`` on the masked-out
@@ -254,7 +325,7 @@ def masked(
         if updates is None or params is None:  # inner returns None, or says params are missing
             return inner.update(updates, state, params, **extra_args)
         full = resolve(params)
-        if any(is_multiplier(m) for m in jax.tree.leaves(full)):
+        if any(has_multipliers(m) for m in jax.tree.leaves(full)):
             extra_args = {**extra_args, "decay_multipliers": full}
         new, state = optax.masked(inner, _static_part(full)).update(
             updates, state, params, **extra_args

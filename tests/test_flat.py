@@ -32,24 +32,28 @@ STEPS = 4
 
 # name -> factory(mask): the transforms, each in a small chain.
 CHAINS = {
-    "add_l2_to_grad": lambda mask: optax.chain(
-        od.add_l2_to_grad(0.3, mask), optax.trace(0.9), optax.scale(-0.1)
+    "add_l2_to_grad": lambda mask, **kw: optax.chain(
+        od.add_l2_to_grad(0.3, mask, **kw), optax.trace(0.9), optax.scale(-0.1)
     ),
-    "decoupled_decay": lambda mask: optax.chain(
+    "decoupled_decay": lambda mask, **kw: optax.chain(
         od.scale_by_adam(),
         optax.scale_by_learning_rate(lambda t: 0.05 * ETA(t)),
-        od.decoupled_decay(0.2, schedule=ETA, mask=mask),
+        od.decoupled_decay(0.2, schedule=ETA, mask=mask, **kw),
     ),
-    "prox_l2": lambda mask: optax.chain(
-        optax.sgd(0.1, momentum=0.5), od.prox_l2(0.5, schedule=ETA, mask=mask)
+    "prox_l2": lambda mask, **kw: optax.chain(
+        optax.sgd(0.1, momentum=0.5), od.prox_l2(0.5, schedule=ETA, mask=mask, **kw)
     ),
-    "adaptive_decay": lambda mask: od.adaptive_decay(0.05, 0.3, schedule=ETA, mask=mask, eps=1e-3),
-    "master_weights": lambda mask: od.master_weights(od.adamw(0.05, 0.2, mask=mask)),
+    "adaptive_decay": lambda mask, **kw: od.adaptive_decay(
+        0.05, 0.3, schedule=ETA, mask=mask, eps=1e-3, **kw
+    ),
+    "master_weights": lambda mask, **kw: od.master_weights(od.adamw(0.05, 0.2, mask=mask, **kw)),
 }
 
 
-def optimizer(name, mask):
-    return CHAINS[name](mask) if name in CHAINS else build(name, schedule=ETA, mask=mask)
+def optimizer(name, mask, **kwargs):
+    if name in CHAINS:
+        return CHAINS[name](mask, **kwargs)
+    return build(name, schedule=ETA, mask=mask, **kwargs)
 
 
 # Few distinct shapes: eager JAX compiles each operation once per shape and dtype.
@@ -180,13 +184,13 @@ def test_decayed_leaves_come_first():
 def test_mask_of_a_buffer_past_int32_indices(monkeypatch):
     """From 2**31 elements an int32 iota would wrap; the mask is then built otherwise (the limit
     is lowered here, so that the other construction runs on a small buffer)."""
-    from optax_decay import _flat
+    from optax_decay import _masks
 
     params = mixed_tree()
     layout = od.flat_layout(params, mask=od.weight_decay_mask)
     flat = layout.ravel(params)
     want = layout.mask(flat)
-    monkeypatch.setattr(_flat, "_IOTA_LIMIT", 1)
+    monkeypatch.setattr(_masks, "IOTA_LIMIT", 1)
     assert {v.dtype for v in want.values()} == {jnp.dtype(bool)}
     leaves_equal(layout.mask(flat), want)
     # and the large-buffer form has no int32 index at all
@@ -385,6 +389,71 @@ def test_random_element_mask(name):
     assert all(jax.tree.leaves(differ))
 
 
+# Multipliers of lambda by path (SHAPES): three segments and undecayed leaves.
+MULTIPLIERS = od.weight_decay_multipliers(
+    [(r"layers/0/kernel", 2.5), (r"gain", 0.5), (r".*kernel", 1.0)], default=0.0
+)
+
+
+def test_multiplier_layout_groups_leaves_into_segments():
+    params = model_params(jnp.float32)
+    layout = od.flat_layout(params, mask=MULTIPLIERS, pad_to_multiple_of=8)
+    assert layout.has_multipliers
+    assert not od.flat_layout(params, mask=od.weight_decay_mask).has_multipliers
+    # Tree order: dense (kernel 1), gain (0.5), layers/0 (kernel 2.5), layers/1 (kernel 1).
+    assert (
+        repr(layout)
+        == "FlatLayout(7 leaves; float32: 48 (24 x1 + 1 x0.5 + 12 x2.5 decayed, 2 padding))"
+    )
+    flat = layout.ravel(params)
+    (seg,) = layout.mask(flat).values()
+    assert (seg.size, seg.ends, seg.values) == (48, (24, 25, 37), (1.0, 0.5, 2.5))
+    # The element multipliers put back on the tree are the multipliers of each leaf.
+    elements = seg.select(flat["float32"], lambda v: jnp.full(48, v), jnp.zeros(48))
+    want = jax.tree.map(lambda p, m: np.full(p.shape, float(m)), params, MULTIPLIERS(params))
+    leaves_equal(layout.unravel({"float32": elements}), jax.tree.map(jnp.asarray, want))
+    np.testing.assert_array_equal(elements[37:], 0.0)  # the rest and the padding: 0
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("kind", ["multipliers", "center"])
+@pytest.mark.parametrize("name", [*OPTIMIZERS, *CHAINS])
+def test_flat_multipliers_and_center_equal_tree(name, kind):
+    """Multipliers (a constant per segment of the buffer) and ``center="init"`` (a flat copy
+    of the params in the state) on flat buffers: the tree path's params at every step."""
+    low = jnp.float32 if name == "master_weights" else None
+    params = model_params(jnp.float64, low=low)
+    grads = make_grads(params, STEPS)
+    if kind == "multipliers":
+        mask, kwargs = MULTIPLIERS, {}
+        layout = od.flat_layout(params, mask=mask, pad_to_multiple_of=16)
+        assert layout.has_multipliers
+    else:
+        mask, kwargs = od.weight_decay_mask, {"center": "init"}
+        layout = od.flat_layout(params, mask=mask, pad_to_multiple_of=16)
+        params = jax.tree.map(lambda w: 1.5 * w, params)  # start away from the center
+        grads = make_grads(params, STEPS)
+    tree_out, _ = run(optimizer(name, mask, **kwargs), params, grads)
+    flat_out, _ = run(
+        optimizer(name, layout.mask, **kwargs),
+        layout.ravel(params),
+        [layout.ravel(g) for g in grads],
+    )
+    for want, got in zip(tree_out, flat_out, strict=True):
+        assert_trees_close(layout.unravel(got), want, 1e-12)
+    # The option changes the run (the comparison can fail): the plain bool-mask run differs.
+    plain, _ = run(optimizer(name, od.weight_decay_mask), params, grads)
+    assert not np.allclose(plain[-1]["layers"][0]["kernel"], tree_out[-1]["layers"][0]["kernel"])
+
+
+def test_flat_multiplier_that_makes_the_decay_factor_negative_raises():
+    params = model_params(jnp.float32)
+    layout = od.flat_layout(params, mask=MULTIPLIERS)
+    tx = od.adamw(0.1, 0.5, mask=layout.mask)  # 1 - 2.5*0.5 < 0 on layers/0/kernel
+    with pytest.raises(ValueError, match=r"2.5\*eta_t\*lambda"):
+        tx.init(layout.ravel(params))
+
+
 def test_flat_layout_errors():
     params = model_params(jnp.float32)
     layout = od.flat_layout(params, mask=od.weight_decay_mask)
@@ -468,8 +537,9 @@ def test_gradient_through_unravel_is_one_concatenation():
     np.testing.assert_allclose(tangent, 2 * jnp.sum(flat["float32"]))
 
 
+@pytest.mark.parametrize("mask", ["bools", "multipliers"])
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_training_loop_carries_no_hoisted_mask_arrays(name):
+def test_training_loop_carries_no_hoisted_mask_arrays(name, mask):
     """``layout.mask`` in a ``lax.fori_loop`` adds no loop-carried arrays.
 
     With a constant step, anything computed from the mask and scalars alone is loop
@@ -479,7 +549,9 @@ def test_training_loop_carries_no_hoisted_mask_arrays(name):
     """
     n = 1009  # a size no other array has
     params = {"kernel": jnp.linspace(-1.0, 1.0, 1000).reshape(100, 10), "bias": jnp.ones(9)}
-    layout = od.flat_layout(params, mask=od.weight_decay_mask)
+    rules = [("kernel", 2.0), ("bias", 0.5)]
+    masks = {"bools": od.weight_decay_mask, "multipliers": od.weight_decay_multipliers(rules)}
+    layout = od.flat_layout(params, mask=masks[mask])
     tx = build(name, mask=layout.mask)
     flat = layout.ravel(params)
     state = tx.init(flat)

@@ -400,8 +400,6 @@ def test_weight_decay_multipliers_bad_rules(rules, kwargs, error, match):
         od.weight_decay_multipliers(rules, **kwargs)
 
 
-def test_weight_decay_multipliers_rejects_a_step_count_and_flat_layouts_reject_multipliers():
+def test_weight_decay_multipliers_rejects_a_step_count():
     with pytest.raises(TypeError, match='static_args="mask"'):
         od.weight_decay_multipliers([("w", 2.0)])(jnp.asarray(3))
-    with pytest.raises(NotImplementedError, match="not supported on flat buffers yet"):
-        od.flat_layout(make_params(jnp.float32), mask={**WBK, "w": 2.0})
