@@ -186,6 +186,35 @@ def adaptive_decay(
     where gradients are small. Unlike AdamW it is not scale-free. The
     returned update is ``w_{t+1} - w_t``.
 
+    With ``penalty="l1"`` the penalty is ``lambda*||y||_1``: this is AdamL1 of
+    ProxGen (Yun et al. 2021),
+
+    .. math::
+
+      y_t = w_t - \eta_t\alpha \hat m_t / D_t, \qquad
+      w_{t+1} = \operatorname{sign}(y_t)\,
+                \max\!\left(|y_t| - \eta_t\alpha\lambda / D_t,\ 0\right),
+
+    the minimizer of
+
+    .. math::
+
+      \langle y - w_t, \hat m_t\rangle + \lambda\|y\|_1
+      + \frac{1}{2\eta_t\alpha}\|y - w_t\|^2_{D_t}.
+
+    Derivation: the objective is a sum over coordinates ``i`` of
+    ``(y_i - w_i)*mhat_i + lambda*|y_i| + (D_i/(2s))*(y_i - w_i)^2`` with
+    ``s = eta_t*alpha``. Completing the square, this is
+    ``(D_i/(2s))*(y_i - (w_i - s*mhat_i/D_i))^2 + lambda*|y_i|`` up to a
+    constant, i.e. ``(D_i/s)`` times ``(1/2)*(y_i - y_{t,i})^2 +
+    (s*lambda/D_i)*|y_i|``, whose minimizer is the soft threshold of
+    ``y_{t,i}`` at ``s*lambda/D_i`` (0 is optimal iff ``|y_{t,i}| <=
+    s*lambda/D_i``, by the subgradient condition). The threshold, like the L2
+    decay, is largest where ``D_t`` is small. Thresholded coordinates become
+    exactly 0 (the update is ``-w_t``); with a ``center`` the thresholding is
+    around ``c`` (``w_t - c`` for ``w_t``, then ``c`` added back: ``c`` up to
+    the rounding of ``w_t - c``).
+
     The decay needs ``D_t``, so this one transformation holds the Adam moments
     (an :class:`optax.ScaleByAdamState`, no second copy of ``v``) and replaces
     ``scale_by_adam`` *and* the learning-rate step in a chain. ``D_t`` is
@@ -205,7 +234,10 @@ def adaptive_decay(
         ``"init"`` or a pytree, as in :func:`decoupled_decay`. The penalty is
         then ``(lambda/2)||y - c||^2`` and its minimizer
         ``w_{t+1} = c + (w_t - c - s*mhat/D_t)/(1 + s*lambda/D_t)`` with
-        ``s = eta_t*alpha``: the formula above with ``w_t - c`` for ``w_t``.
+        ``s = eta_t*alpha``: the formula above with ``w_t - c`` for ``w_t``
+        (for ``penalty="l1"``, ``lambda*||y - c||_1``, likewise).
+      penalty: ``"l2"`` (the default, ``(lambda/2)||y||^2``) or ``"l1"``
+        (``lambda*||y||_1``, AdamL1).
 
     A coordinate whose gradients have been zero (``vhat_t = 0``, so
     ``D_t = eps``) is decayed by ``1/(1 + eta_t*alpha*lambda/eps)``: with the
@@ -225,12 +257,18 @@ def adaptive_decay(
       >>> u, _ = tx.update(g, tx.init(w), w)
       >>> w + u  # D = 0.5: (2 - 0.1 * 1) / (1 + 0.1 * 1 / 0.5)
       Array([1.5833], dtype=float32)
+      >>> tx = optax_decay.adaptive_decay(0.1, 1.0, eps=0.0, penalty="l1")
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # y = 2 - 0.1 * 1 = 1.9, threshold 0.1 * 1 / 0.5 = 0.2
+      Array([1.7], dtype=float32)
 
     References:
       Schaipp, *Decay No More*, ICLR Blogposts 2023,
-      https://iclr-blogposts.github.io/2023/blog/2023/adamw/
+      https://iclr-blogposts.github.io/2023/blog/2023/adamw/;
+      Yun et al., *Adaptive Proximal Gradient Methods for Structured Neural
+      Networks*, NeurIPS 2021, https://arxiv.org/abs/2112.09331
 
-    See also: :func:`adamp`, :func:`prox_l2`.
+    See also: :func:`adamp`, :func:`prox_l2`, :func:`prox_l1`.
     """
     return adaptive(
         "adaptive_decay",

@@ -18,6 +18,7 @@ from optax_decay._decoupled import CenterOrInit, decoupled
 from optax_decay._l2 import l2
 from optax_decay._masks import MaskOrFn
 from optax_decay._prox import prox
+from optax_decay._sparsity import check_penalty, soft_threshold
 
 
 def _step(learning_rate, schedule) -> optax.GradientTransformation:
@@ -395,17 +396,28 @@ def prox_adam(
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
     center: CenterOrInit = None,
+    penalty: str = "l2",
 ) -> optax.GradientTransformation:
-    r"""ProxAdam: the Adam step followed by the proximal step of the L2 penalty.
+    r"""ProxAdam: the Adam step followed by the proximal step of the L2 (or L1) penalty.
 
     .. math::
 
-      w_{t+1} = \frac{w_t - \alpha(t)\eta_t \hat m_t / D_t}{1 + \eta_t\lambda}
+      y_t = w_t - \alpha(t)\eta_t \hat m_t / D_t, \qquad
+      \text{l2}:\ w_{t+1} = \frac{y_t}{1 + \eta_t\lambda}, \qquad
+      \text{l1}:\ w_{t+1} = \operatorname{sign}(y_t)\max(|y_t| - \eta_t\lambda,\ 0)
 
-    the minimizer of ``<y - w_t, mhat_t> + (lambda/(2 alpha))||y||_{D_t}^2 +
-    (1/(2 eta_t alpha))||y - w_t||_{D_t}^2``. It equals :func:`adamw` to first
-    order in ``eta_t*lambda``, is scale-free like it, and is stable for any
-    ``lambda``. ``weight_decay`` is in the paper convention.
+    with ``mhat_t``, ``D_t = sqrt(vhat_t + eps_root) + eps`` of
+    :func:`scale_by_adam`, ``alpha(t)`` the learning rate, ``eta_t`` the
+    schedule multiplier and ``lambda`` the weight decay. The L2 form
+    (``penalty="l2"``, the default) is the minimizer of ``<y - w_t, mhat_t> +
+    (lambda/(2 alpha))||y||_{D_t}^2 + (1/(2 eta_t alpha))||y - w_t||_{D_t}^2``.
+    It equals :func:`adamw` to first order in ``eta_t*lambda``, is scale-free
+    like it, and is stable for any ``lambda``. The L1 form (``penalty="l1"``)
+    is the Adam step followed by :func:`prox_l1`, the soft threshold at
+    ``eta_t*lambda`` (not preconditioned: for the threshold ``eta_t*alpha*lambda/D_t``
+    use ``adamp(..., penalty="l1")``); thresholded coordinates become exactly 0
+    (``c`` with a ``center``, up to the rounding of ``w_t - c``).
+    ``weight_decay`` is in the paper convention.
 
     Args:
       learning_rate: ``alpha``, a float or a schedule.
@@ -419,19 +431,40 @@ def prox_adam(
         params seen by ``init``, kept in the state) or a pytree; see
         :func:`decoupled_decay`.
 
+      penalty: ``"l2"`` (``(lambda/2)||w||^2``, the default) or ``"l1"``
+        (``lambda*||w||_1``).
+
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> w = jnp.array([2.0, 0.05]); g = jnp.array([1.0, -1.0])
+      >>> tx = optax_decay.prox_adam(0.1, 1.0, eps=0.0)
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # y = w - 0.1 * sign(g) = [1.9, 0.15], divided by 1 + 1
+      Array([0.95 , 0.075], dtype=float32)
+      >>> tx = optax_decay.prox_adam(0.1, 1.0, eps=0.0, penalty="l1")
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # y thresholded at 1
+      Array([0.9, 0. ], dtype=float32)
+
     References:
       Zhuang et al., *Understanding AdamW through Proximal Methods and
-      Scale-Freeness*, TMLR 2022, https://arxiv.org/abs/2202.00089
+      Scale-Freeness*, TMLR 2022, https://arxiv.org/abs/2202.00089;
+      Yun et al., *Adaptive Proximal Gradient Methods for Structured Neural
+      Networks*, NeurIPS 2021, https://arxiv.org/abs/2112.09331
+
+    See also: :func:`prox_l2`, :func:`prox_l1`, :func:`adamp`.
     """
+    check_penalty("prox_adam", penalty)
+    decay = prox if penalty == "l2" else soft_threshold
     return _checked(
         "prox_adam",
         optax.chain(
             scale_by_adam(b1, b2, eps, eps_root, mu_dtype),
             _step(learning_rate, schedule),
-            prox("prox_adam", weight_decay, schedule, mask, check_params=False, center=center),
+            decay("prox_adam", weight_decay, schedule, mask, check_params=False, center=center),
         ),
     )
 
@@ -448,12 +481,24 @@ def adamp(
     schedule: optax.ScalarOrSchedule | None = None,
     mask: MaskOrFn = None,
     center: CenterOrInit = None,
+    penalty: str = "l2",
 ) -> optax.GradientTransformation:
     r"""AdamP of the "Decay No More" blog post: Adam with adaptive, preconditioned decay.
 
     .. math::
 
-      w_{t+1} = \frac{w_t - \alpha(t)\eta_t \hat m_t / D_t}{1 + \alpha(t)\eta_t\lambda / D_t}
+      y_t = w_t - \alpha(t)\eta_t \hat m_t / D_t, \qquad
+      \text{l2}:\ w_{t+1} = \frac{y_t}{1 + \alpha(t)\eta_t\lambda / D_t}, \qquad
+      \text{l1}:\ w_{t+1} = \operatorname{sign}(y_t)
+                 \max(|y_t| - \alpha(t)\eta_t\lambda / D_t,\ 0)
+
+    with ``mhat_t``, ``D_t = sqrt(vhat_t + eps_root) + eps`` of
+    :func:`scale_by_adam`, ``alpha(t)`` the learning rate, ``eta_t`` the
+    schedule multiplier and ``lambda`` the weight decay: the proximal step of
+    ``(lambda/2)||w||^2`` (``penalty="l2"``, the default) or of
+    ``lambda*||w||_1`` (``penalty="l1"``, ProxGen's AdamL1, Yun et al. 2021)
+    in Adam's metric ``D_t``, derived in :func:`adaptive_decay`. With ``"l1"``
+    the coordinates with ``|y_t| <= alpha(t)*eta_t*lambda/D_t`` become exactly 0.
 
     Not to be confused with the AdamP of Heo et al. (*AdamP: Slowing Down the
     Slowdown for Momentum Optimizers on Scale-invariant Weights*, ICLR 2021),
@@ -482,12 +527,27 @@ def adamp(
         params seen by ``init``, kept in the state) or a pytree; see
         :func:`decoupled_decay`.
 
+      penalty: ``"l2"`` (``(lambda/2)||w||^2``, the default) or ``"l1"``
+        (``lambda*||w||_1``, AdamL1).
+
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> w = jnp.array([2.0, 0.05]); g = jnp.array([0.5, -0.5])
+      >>> tx = optax_decay.adamp(0.1, 1.0, eps=0.0, penalty="l1")
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # D = 0.5: y = w - 0.1 * sign(g) = [1.9, 0.15], threshold 0.1 * 1 / 0.5
+      Array([1.7, 0. ], dtype=float32)
+
     References:
       Schaipp, *Decay No More*, ICLR Blogposts 2023,
-      https://iclr-blogposts.github.io/2023/blog/2023/adamw/
+      https://iclr-blogposts.github.io/2023/blog/2023/adamw/;
+      Yun et al., *Adaptive Proximal Gradient Methods for Structured Neural
+      Networks*, NeurIPS 2021, https://arxiv.org/abs/2112.09331
+
+    See also: :func:`adaptive_decay`, :func:`prox_adam`, :func:`prox_l1`.
     """
     return adaptive(
         "adamp",
@@ -501,4 +561,5 @@ def adamp(
         eps_root,
         mu_dtype,
         center,
+        penalty,
     )
