@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Runs the four experiments of the README at their full defaults on Fashion-MNIST
-# (each within 15 minutes on 2 CPU cores) and copies their figures and summaries
+# Runs the experiments of the README at their full defaults on Fashion-MNIST
+# (each within about 15 minutes on 2 CPU cores) and copies their figures and summaries
 # into docs/experiments/, where the README shows them. Arguments go to every script
 # (e.g. --seed 1). Outputs: out/<experiment>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh demo
 bash scripts/setup_data.sh
-for name in lr_wd_map adamw_vs_adamp scale_freeness batchnorm_decay; do
+for name in lr_wd_map adamw_vs_adamp scale_freeness batchnorm_decay modern_decay finetune_center; do
   echo "== $name"
   start=$SECONDS
   .venv/bin/python "examples/$name.py" --out "out/$name" "$@"
