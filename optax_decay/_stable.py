@@ -11,7 +11,13 @@ import optax
 from optax_decay._adaptive import _adam_init, _adam_moments, _check_adam_args
 from optax_decay._checks import check_nonnegative, is_none, require_params
 from optax_decay._convert import evaluate, step_size
-from optax_decay._masks import MaskOrFn, is_array_mask, is_multiplier, resolve_mask
+from optax_decay._masks import (
+    MaskOrFn,
+    SegmentMultipliers,
+    is_array_mask,
+    is_multiplier,
+    resolve_mask,
+)
 
 
 def adams(
@@ -55,8 +61,8 @@ def adams(
     applied, not what ``vbar_t`` measures. This is what the paper's code does
     (it averages over all parameters with a gradient, in every parameter
     group, whatever that group's ``weight_decay``), and it keeps the decay of
-    one leaf independent of which other leaves are masked. Leaves whose update
-    is ``None`` are left out, as parameters without a gradient are there. The
+    one leaf independent of which other leaves are masked. ``None`` leaves of
+    the params are left out, as parameters without a gradient are there. The
     mean is the same however the params are split into leaves (a tree and its
     :func:`flat_layout` buffers give the same result), except for padding: the
     ``p`` zeros of ``flat_layout(..., pad_to_multiple_of=n)`` are elements,
@@ -148,7 +154,7 @@ def adams(
             if is_multiplier(on):  # a per-leaf multiplier of lambda (a Python float)
                 return adam - (rate * on).astype(w.dtype) * w
             k = rate.astype(w.dtype)
-            if hasattr(on, "select"):  # a flat buffer's multipliers, one per segment
+            if isinstance(on, SegmentMultipliers):  # a flat buffer: a multiplier per segment
                 return on.select(w, lambda v: adam - (rate * v).astype(w.dtype) * w, adam)
             if is_array_mask(on):
                 # On a mesh with Explicit axes the sharding is part of the type: an array
