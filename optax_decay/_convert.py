@@ -142,6 +142,65 @@ def timescale_from_epochs(timescale: float, batch_size: int, num_examples: int) 
     return timescale * num_examples / batch_size
 
 
+def equilibrium_angular_update(
+    weight_decay: float, schedule: float = 1.0, momentum: float = 0.0
+) -> float:
+    r"""Expected angular update per step of a scale-invariant weight at the decay's equilibrium.
+
+    .. math::
+
+      \widehat{\angle}(w_t, w_{t+1}) = \sqrt{\frac{2\,\eta\lambda\,(1 - \mu)}{1 + \mu}}
+
+    where ``eta*lambda`` is the paper-form decay per step (the weights shrink
+    by ``1 - eta*lambda``) and ``mu`` the momentum of the update: Adam's ``b1``
+    for :func:`adamw`, or the heavy-ball ``momentum`` of :func:`sgdw`.
+
+    Derivation (Kosson, Messmer & Jaggi's rotational equilibrium, in this
+    package's conventions). A weight followed by a normalization has a gradient
+    orthogonal to it. Take updates ``u_t = -s*m_t`` with ``m_t = mu*m_{t-1} +
+    (1 - mu)*g_t`` and ``g_t`` random, orthogonal to ``w_t``, of mean square norm
+    ``G``. Then ``E||m||^2 = G*(1 - mu)/(1 + mu)`` and, since ``w_t`` holds the
+    past updates, ``E<w_t, u_t> = s^2*E||m||^2*mu/(1 - mu)`` (to first order in
+    ``eta*lambda``). In equilibrium the norm stops changing:
+    ``2*eta*lambda*||w||^2 = ||u||^2 + 2<w, u> = s^2*G``, so ``||w||^2 =
+    s^2*G/(2*eta*lambda)``, and the angular update ``||u||/||w||`` is the formula
+    above. It holds for the sum-form momentum of :func:`optax.trace` (``m`` times
+    ``1/(1 - mu)``: ``s`` cancels) and for Adam, whose ``mhat/D`` is such an
+    average of normalized gradients. It does not depend on ``s`` or ``G``.
+
+    Conversions: for the coupled form (``optax.adamw``, ``torch.optim.AdamW``)
+    pass ``weight_decay=alpha*lambda_coupled`` (:func:`coupled_to_paper`), which
+    gives Kosson et al.'s ``sqrt(2*alpha*lambda*(1 - b1)/(1 + b1))``. For SGD with
+    the L2 penalty inside a sum-form momentum (``sgd_l2``, ``torch.optim.SGD``) the
+    weights shrink by ``alpha*lambda/(1 - mu)`` per step: pass that, which gives
+    their ``sqrt(2*alpha*lambda/(1 + mu))``.
+
+    Args:
+      weight_decay: ``lambda``, paper form, ``> 0``.
+      schedule: ``eta``, the schedule multiplier at the step of interest (``> 0``).
+      momentum: ``mu`` in ``[0, 1)``: Adam's ``b1``, SGD's momentum, 0 for none.
+
+    Returns:
+      The angle in radians between ``w_t`` and ``w_{t+1}``, in expectation at
+      equilibrium (first order in ``eta*lambda``).
+
+    Example:
+      >>> round(equilibrium_angular_update(1e-4, momentum=0.9), 6)  # sqrt(2e-4 * 0.1/1.9)
+      0.003244
+
+    References:
+      Kosson, Messmer & Jaggi, *Rotational Equilibrium: How Weight Decay
+      Balances Learning Across Neural Networks*, ICML 2024,
+      https://arxiv.org/abs/2305.17212
+    """
+    _check_positive(weight_decay=weight_decay, schedule=schedule)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(
+            f"`momentum` must lie in [0, 1) (Adam's b1, or SGD's momentum), got {momentum!r}."
+        )
+    return math.sqrt(2.0 * schedule * weight_decay * (1.0 - momentum) / (1.0 + momentum))
+
+
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if not (value > 0 and math.isfinite(value)):

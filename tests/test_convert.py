@@ -65,3 +65,53 @@ def test_epoch_timescale_both_ways():
 def test_bad_input(call, arg):
     with pytest.raises(ValueError, match=f"`{arg}`"):
         call()
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize(
+    "name, momentum", [("adamw", 0.9), ("adamw", 0.0), ("sgdw", 0.9), ("sgdw", 0.0)]
+)
+def test_equilibrium_angular_update_matches_a_simulation(name, momentum):
+    """The optimizer itself on a scale-invariant weight: Gaussian gradients with their component
+    along ``w`` removed. After the norm has settled (its timescale is ``1/(2*eta*lambda)`` =
+    500 steps), the mean angle between ``w_t`` and ``w_{t+1}`` is the formula's, within 2%."""
+    import jax
+    import jax.numpy as jnp
+
+    size, steps, lam = 4096, 6000, 1e-3
+    if name == "adamw":
+        tx = od.adamw(1e-2, lam, b1=momentum)
+    else:
+        tx = od.sgdw(0.1, lam, momentum=momentum or None)
+    w0 = jax.random.normal(jax.random.key(0), (size,), jnp.float64)
+
+    def step(carry, key):
+        w, state = carry
+        g = jax.random.normal(key, (size,), jnp.float64)
+        g = g - (g @ w) / (w @ w) * w
+        u, state = tx.update(g, state, w)
+        new = w + u
+        cos = (w @ new) / (jnp.linalg.norm(w) * jnp.linalg.norm(new))
+        return (new, state), jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+
+    keys = jax.random.split(jax.random.key(1), steps)
+    _, angles = jax.jit(lambda c: jax.lax.scan(step, c, keys))((w0, tx.init(w0)))
+    want = od.equilibrium_angular_update(lam, momentum=momentum)
+    np.testing.assert_allclose(float(np.mean(angles[steps // 2 :])), want, rtol=0.02)
+
+
+def test_equilibrium_angular_update_formula_and_bad_input():
+    # sqrt(2*eta*lambda*(1 - mu)/(1 + mu)), and Kosson et al.'s coupled and SGD-with-L2 forms
+    assert od.equilibrium_angular_update(2e-4, 0.5, 0.8) == pytest.approx(
+        math.sqrt(2e-4 * 0.2 / 1.8)
+    )
+    alpha, lam_c, b1 = 1e-3, 0.1, 0.9
+    got = od.equilibrium_angular_update(od.coupled_to_paper(lam_c, alpha), momentum=b1)
+    assert got == pytest.approx(math.sqrt(2 * alpha * lam_c * (1 - b1) / (1 + b1)))
+    got = od.equilibrium_angular_update(alpha * lam_c / (1 - b1), momentum=b1)
+    assert got == pytest.approx(math.sqrt(2 * alpha * lam_c / (1 + b1)))
+    for kwargs in ({"weight_decay": 0.0}, {"weight_decay": 1e-3, "schedule": -1.0}):
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            od.equilibrium_angular_update(**kwargs)
+    with pytest.raises(ValueError, match="`momentum` must lie in"):
+        od.equilibrium_angular_update(1e-3, momentum=1.0)
