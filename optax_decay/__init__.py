@@ -10,6 +10,7 @@ from optax_decay._alias import prox_adam as prox_adam
 from optax_decay._alias import sgd_l2 as sgd_l2
 from optax_decay._alias import sgdw as sgdw
 from optax_decay._convert import coupled_to_paper as coupled_to_paper
+from optax_decay._convert import equilibrium_angular_update as equilibrium_angular_update
 from optax_decay._convert import normalized_weight_decay as normalized_weight_decay
 from optax_decay._convert import paper_to_coupled as paper_to_coupled
 from optax_decay._convert import timescale_from_epochs as timescale_from_epochs
@@ -45,6 +46,7 @@ __all__ = [
     "cautious_decay",
     "coupled_to_paper",
     "decoupled_decay",
+    "equilibrium_angular_update",
     "flat_layout",
     "master_weights",
     "normalized_weight_decay",
