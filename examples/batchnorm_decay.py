@@ -6,7 +6,8 @@ the effective step ``||dw||/||w||`` (SGD: ``alpha*eta_t*||g~||/||w||^2``, Adam: 
 ``alpha*eta_t/||w||``; ``g~``: the unit-norm gradient, ``eta_t``: the schedule). Without decay
 ``||w||`` only grows; with decoupled decay it settles in ``~1/(2*eta_t*lambda)`` steps, where for
 momentum ``mu`` (Adam: ``beta1``) and noise uncorrelated in time the angular step is
-``sqrt(2*lambda_paper*eta_t*(1-mu)/(1+mu))`` (``lambda_paper``: the per-step decay,
+``sqrt(2*lambda_paper*eta_t*(1-mu)/(1+mu))`` (``optax_decay.equilibrium_angular_update``;
+``lambda_paper``: the per-step decay,
 ``optimizers.to_paper``; none for ``adam_l2``, ``adamp``).
 
 One ``train_grid`` per optimizer over decays x seeds, ``lambda_paper = k/(0.5*steps)`` (a shrink by
@@ -26,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
+import optax_decay
 from examples import cli, grid, models, optimizers
 from examples.optimizers import METHODS, MOMENTUM
 from examples.reporting import markdown_table, mean_pm, plot_seeds, save_figure, write_outputs
@@ -93,6 +95,11 @@ def batch_stat_accuracy(scratch, result, member: int, data, batch: int = 1000) -
     return float(sum(models.accuracy(scratch, x[c], y[c]) * len(y[c]) for c in chunks) / len(y))
 
 
+def equilibrium(lam: float, eta: np.ndarray, mu: float) -> np.ndarray:
+    """The equilibrium angular step at each ``eta_t``: ``sqrt(eta_t)`` times that at ``eta = 1``."""
+    return np.sqrt(eta) * optax_decay.equilibrium_angular_update(lam, momentum=mu)
+
+
 def run_optimizer(name: str, args, data, model_fn, layers: list[int], scratch):
     """One ``train_grid`` over decays x seeds: one record per member, and the history."""
     sgd, bn, num_seeds = METHODS[name].family == "sgd", args.batchnorm, len(args.seed_list)
@@ -112,10 +119,11 @@ def run_optimizer(name: str, args, data, model_fn, layers: list[int], scratch):
     records = result.records(batchnorm=bn, tracked_layer=first)
     for i, r in enumerate(records):
         lam = optimizers.to_paper(name, r["weight_decay"], lr)
-        pred = np.sqrt(2 * (lam or 0) * eta[mid] * (1 - mu) / (1 + mu))  # the equilibrium
         r.update(paper_weight_decay=lam, first_layer_norm=float(np.linalg.norm(kernel[i])))
         r["late_effective_step"] = float(late_eff[i])
-        r["mid_equilibrium_ratio"] = float(np.mean(ang[mid, i] / pred)) if lam and bn else None
+        r["mid_equilibrium_ratio"] = (
+            float(np.mean(ang[mid, i] / equilibrium(lam, eta[mid], mu))) if lam and bn else None
+        )
         r["batch_stat_accuracy"] = batch_stat_accuracy(scratch, result, i, data) if bn else None
         if 0.0 in decays:  # b: the same seed's lambda = 0 member
             b = decays.index(0.0) * num_seeds + i % num_seeds
@@ -145,7 +153,7 @@ def plot(history: dict, records: list[dict], args) -> None:
             row[1].plot(steps, eff[:, j], color=c, lw=1)
             row[1].plot(steps, ang[:, j], "--", color=c, lw=0.5)
             if lam and args.batchnorm:
-                row[1].plot(steps, np.sqrt(2 * lam * eta * (1 - mu) / (1 + mu)), ":", color=c, lw=1)
+                row[1].plot(steps, equilibrium(lam, eta, mu), ":", color=c, lw=1)
             row[2].plot(steps[seen], eff[seen, j] / eta[seen, None], color=c, lw=1, label=labels)
         row[1].plot([], [], "k--", lw=1, label="angular part")
         row[1].plot([], [], "k:", lw=1, label="equilibrium angular step")
