@@ -436,9 +436,7 @@ def _find_inflection(state, params, updates, T, interval, ema_decay):
         )
 
     trees = (params, updates, state.kappa, state.norm_ema, state.prev_norm_ema, state.prev_growth)
-    out = jax.tree.map(
-        lambda w, *xs: w if _stop(w) else leaf(w, *xs), *trees, is_leaf=_stop
-    )
+    out = jax.tree.map(lambda w, *xs: w if _stop(w) else leaf(w, *xs), *trees, is_leaf=_stop)
     is_quad = lambda x: isinstance(x, tuple) or _stop(x)
     pick = lambda i: jax.tree.map(lambda o: o if _stop(o) else o[i], out, is_leaf=is_quad)
     return state._replace(

@@ -62,10 +62,7 @@ def _grads(params, steps, seed=3, drift=0.3):
     """Gradients that push every weight away from 0 (so that the norms grow), plus noise."""
     rng = np.random.default_rng(seed)
     return [
-        {
-            k: -drift * np.sign(np.asarray(p)) + rng.normal(size=p.shape)
-            for k, p in params.items()
-        }
+        {k: -drift * np.sign(np.asarray(p)) + rng.normal(size=p.shape) for k, p in params.items()}
         for _ in range(steps)
     ]
 
@@ -106,7 +103,9 @@ def _run_ours(tx, params, grads):
 
 def _max_rel(a, b):
     return max(
-        float(np.max(np.abs(x[k] - y[k]) / (np.abs(y[k]) + 1e-12))) for x, y in zip(a, b) for k in x
+        float(np.max(np.abs(x[k] - y[k]) / (np.abs(y[k]) + 1e-12)))
+        for x, y in zip(a, b, strict=True)
+        for k in x
     )
 
 
