@@ -28,6 +28,8 @@ from optax_decay._masks import weight_decay_multipliers as weight_decay_multipli
 from optax_decay._precision import DecayPrecisionWarning as DecayPrecisionWarning
 from optax_decay._precision import MasterWeightsState as MasterWeightsState
 from optax_decay._precision import master_weights as master_weights
+from optax_decay._projection import ProjectToNormState as ProjectToNormState
+from optax_decay._projection import project_to_norm as project_to_norm
 from optax_decay._prox import prox_l2 as prox_l2
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ __all__ = [
     "AdaptiveDecayState",
     "DecayPrecisionWarning",
     "MasterWeightsState",
+    "ProjectToNormState",
     "DecoupledDecayState",
     "FlatLayout",
     "adam_l2",
@@ -51,6 +54,7 @@ __all__ = [
     "master_weights",
     "normalized_weight_decay",
     "paper_to_coupled",
+    "project_to_norm",
     "prox_adam",
     "prox_l2",
     "scale_by_adam",
