@@ -92,6 +92,7 @@ def reference(
         out.append(dict(w))
         lams.append(dict(lam))
         kaps.append(dict(kap))
+    reference.search = (e, e_prev, g_prev)  # the inflection-point scalars after the last step
     return out, lams, kaps
 
 
@@ -175,6 +176,12 @@ def test_adamcpr_matches_the_formula(case):
     got = _run(tx, params, grads)
     want = reference(params, grads, method, c, mu=mu, eta=eta, mask=MASK, **ref_kw)
     _assert_runs_close(got, want)
+    if method == "inflection_point":  # the search's own scalars, frozen once the bound is set
+        state = _cpr_state(_final_state(tx, params, grads))
+        fields = (state.norm_ema, state.prev_norm_ema, state.prev_growth)
+        for tree, ref in zip(fields, reference.search, strict=True):
+            for k, value in ref.items():
+                np.testing.assert_allclose(float(tree[k]), value, rtol=1e-12)
     lag = np.array([list(x.values()) for x in got[1]])
     assert lag.max() > 1e-3  # the constraint acted
     assert np.isfinite(list(got[2][-1].values())).all()  # every bound was set
@@ -204,6 +211,30 @@ def test_cpr_after_a_plain_step_matches_the_formula(case):
         params, grads, method, c, adam=False, mu=lambda t: 0.3, eta=lambda t: 0.8, **ref_kw
     )
     _assert_runs_close(got, want)
+
+
+def _final_state(tx, params, grads):
+    update, state = jax.jit(tx.update), tx.init(params)
+    for g in grads:
+        u, state = update(g, state, params)
+        params = optax.apply_updates(params, u)
+    return state
+
+
+@pytest.mark.x64
+def test_inflection_point_needs_a_growth_over_one_percent():
+    """A leaf whose norm grows by less than 1% per interval never gets a bound, though its
+    growth slows down; a leaf growing faster gets one at the first chance, T = 4S."""
+    params = make_params(shapes={"fast": (4, 3), "slow": (4, 3)}, seed=4)
+    speed = {"fast": 0.05, "slow": 1e-4}
+    grads = [{k: jnp.asarray(speed[k] * np.sign(np.asarray(p))) for k, p in params.items()}] * 40
+    tx = cpr("inflection_point", lagmul_rate=0.3, inflection_interval=4, inflection_ema_decay=0.5)
+    got = _run(tx, params, grads)
+    want = reference(params, grads, "inflection_point", adam=False, mu=lambda t: 0.3, S=4, d=0.5)
+    _assert_runs_close(got, want)
+    kaps = got[2]
+    assert np.isinf(kaps[14]["fast"]) and np.isfinite(kaps[15]["fast"])  # set at T = 16
+    assert np.isinf(kaps[-1]["slow"])
 
 
 # ---- Properties.
