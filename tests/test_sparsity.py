@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import make_grads, make_params, make_problem, ravel
+from helpers import make_grads, make_params, make_problem, ravel, reference
 
 import optax_decay as od
 from optax_decay._sparsity import prox_group_lasso, prox_l1
@@ -363,12 +363,16 @@ def test_prox_adam_l1_is_adam_then_prox_l1():
 
 @pytest.mark.x64
 @pytest.mark.parametrize("name", ["adamp", "prox_adam", "adaptive_decay"])
-def test_default_penalty_is_l2_bitwise(name):
+def test_default_penalty_is_l2(name):
+    """The default is penalty="l2", bit for bit, and it is still the L2 formula (the
+    helpers' reference of adamp and prox_adam)."""
     make = getattr(od, name)
     params, grads = make_problem(3)
     a = step(make(0.05, 0.3), params, grads)
     b = step(make(0.05, 0.3, penalty="l2"), params, grads)
     chex.assert_trees_all_equal(a, b)
+    want = reference("prox_adam" if name == "prox_adam" else "adamp", params, grads, 0.05, 0.3)
+    chex.assert_trees_all_close(a, want, rtol=1e-12, atol=1e-14)
 
 
 # ---- Bad input
