@@ -40,12 +40,13 @@ def adams(
                 - s_t \frac{\hat m_t}{D_t}, \qquad
       \bar v_t = \frac{1}{N} \sum_{\text{leaves}} \sum_{\text{elements}} \hat v_t,
 
-    elementwise, with ``s_t = alpha(t)*eta_t`` the step size, ``lambda_t`` the
+    elementwise, with ``w_t`` the params (the update returned is
+    ``w_{t+1} - w_t``), ``s_t = alpha(t)*eta_t`` the step size, ``lambda_t`` the
     weight decay, ``m`` the mask's value at the element (1 decayed, 0 not, or a
     leaf's multiplier), ``mhat_t``, ``vhat_t`` and
     ``D_t = sqrt(vhat_t + eps_root) + eps`` the moments of :func:`scale_by_adam`
-    (the first update has ``t = 0`` and bias corrections ``1 - b^1``), and
-    ``N`` the number of elements of all the leaves that get updates. When
+    (bias corrections ``1 - b1^{t+1}`` and ``1 - b2^{t+1}``, ``t = 0`` at the
+    first update), and ``N`` the number of elements of all the params' leaves. When
     ``vbar_t = 0`` (no gradient has been nonzero yet) the decay term is 0:
     there is no decay, and no NaN.
 
@@ -81,8 +82,9 @@ def adams(
     gradients, ``sqrt(vbar_t)``, falls to ``s_t*lambda_t*m`` or below. The
     decay grows without bound as the gradients vanish, e.g. near an
     interpolating minimum; keep ``s_t*lambda_t*m`` well below the gradients'
-    RMS (the paper's defaults, ``alpha = 1e-3`` and ``lambda = 5e-4``, give a
-    rate of ``5e-7``). Only the signs of the hyperparameters are checked.
+    RMS (``alpha = 1e-3`` and ``lambda = 5e-4`` give ``s*lambda = 5e-7``).
+    Only what is static is checked: ``lambda``, ``alpha`` and ``eta_t`` must be
+    finite and >= 0 (schedules on steps up to ``10**7``), ``b1``, ``b2`` in [0, 1).
 
     Not scale-free: multiplying the loss by ``k`` multiplies ``sqrt(vbar_t)``
     by ``k`` and so divides the decay rate by ``k`` (Adam's step itself is
