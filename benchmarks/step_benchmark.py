@@ -23,7 +23,9 @@ is ``harness.Runner``'s, shared with ``train_step_benchmark.py``:
 * **flat path**: every optimizer again on ``optax_decay.flat_layout`` buffers
   (one 1-D fp32 array holding the whole tree), rows marked ``[flat]``; the
   ``adamw [flat+mask]`` row decays every other leaf through ``layout.mask``
-  (an iota compare fused into the update). ``x optax.adamw`` always divides by
+  (an iota compare fused into the update), and ``adamw [flat+multipliers]``
+  decays them with multipliers 2 and 1 (a constant per segment of the buffer,
+  selected by iota compares). ``x optax.adamw`` always divides by
   the tree-path ``optax.adamw``.
 * **optax.flatten(optax.adamw)**: Optax's own answer to many leaves, the peer
   of the flat path, on the tree path only: it concatenates params and grads
@@ -236,6 +238,13 @@ def flat_runners(host_params, grads, txs, steps) -> dict[str, Runner]:
     }
     masked = optax_decay.adamw(LEARNING_RATE, WEIGHT_DECAY_PAPER, mask=layout.mask)
     runners["adamw [flat+mask]"] = optimizer_runner(masked, flat_host, flat_grads, steps)
+    # Multipliers 2 and 1 on alternate leaves: two segments per buffer, the same bytes.
+    layout = optax_decay.flat_layout(host_params, mask=alternate_multipliers)
+    flat_host = jax.tree.map(np.asarray, layout.ravel(host_params))
+    mults = optax_decay.adamw(LEARNING_RATE, WEIGHT_DECAY_PAPER, mask=layout.mask)
+    runners["adamw [flat+multipliers]"] = optimizer_runner(
+        mults, flat_host, layout.ravel(grads), steps
+    )
     return runners
 
 
@@ -452,7 +461,7 @@ def main(argv=None) -> dict:
         "records": [],
     }
     n_tree = 2 if args.no_tree else len(txs)  # REFERENCE and FLATTEN
-    n_flat = 0 if args.no_flat else len(txs)  # all but FLATTEN, plus [flat+mask]
+    n_flat = 0 if args.no_flat else len(txs) + 1  # all but FLATTEN, plus the two [flat+...]
     per_tree = args.repeats * (2 * (n_tree + n_flat) + 2)
     with tqdm(
         total=per_tree * len(args.trees), disable=args.no_progress, file=sys.stderr, unit="run"

@@ -17,6 +17,9 @@ from optax_decay._convert import timescale_from_epochs as timescale_from_epochs
 from optax_decay._convert import timescale_from_weight_decay as timescale_from_weight_decay
 from optax_decay._convert import timescale_to_epochs as timescale_to_epochs
 from optax_decay._convert import weight_decay_from_timescale as weight_decay_from_timescale
+from optax_decay._cpr import CPRState as CPRState
+from optax_decay._cpr import adamcpr as adamcpr
+from optax_decay._cpr import cpr as cpr
 from optax_decay._decoupled import DecoupledDecayState as DecoupledDecayState
 from optax_decay._decoupled import cautious_decay as cautious_decay
 from optax_decay._decoupled import decoupled_decay as decoupled_decay
@@ -31,23 +34,30 @@ from optax_decay._precision import master_weights as master_weights
 from optax_decay._projection import ProjectToNormState as ProjectToNormState
 from optax_decay._projection import project_to_norm as project_to_norm
 from optax_decay._prox import prox_l2 as prox_l2
+from optax_decay._sparsity import prox_group_lasso as prox_group_lasso
+from optax_decay._sparsity import prox_l1 as prox_l1
+from optax_decay._stable import adams as adams
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveDecayState",
+    "CPRState",
     "DecayPrecisionWarning",
     "MasterWeightsState",
     "ProjectToNormState",
     "DecoupledDecayState",
     "FlatLayout",
     "adam_l2",
+    "adamcpr",
     "adamp",
+    "adams",
     "adamw",
     "adaptive_decay",
     "add_l2_to_grad",
     "cautious_decay",
     "coupled_to_paper",
+    "cpr",
     "decoupled_decay",
     "equilibrium_angular_update",
     "flat_layout",
@@ -56,6 +66,8 @@ __all__ = [
     "paper_to_coupled",
     "project_to_norm",
     "prox_adam",
+    "prox_group_lasso",
+    "prox_l1",
     "prox_l2",
     "scale_by_adam",
     "sgd_l2",

@@ -306,7 +306,7 @@ def cpr(
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> from optax_decay._cpr import cpr
+      >>> from optax_decay import cpr
       >>> tx = optax.chain(optax.sgd(0.5), cpr("uniform", 1.0, lagmul_rate=0.1))
       >>> w = jnp.array([3.0]); g = jnp.array([2.0])
       >>> u, _ = tx.update(g, tx.init(w), w)
@@ -506,7 +506,7 @@ def adamcpr(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from optax_decay._cpr import adamcpr
+      >>> from optax_decay import adamcpr
       >>> tx = adamcpr(0.5, "uniform", 1.0, lagmul_rate=0.1)
       >>> w = jnp.array([2.5]); g = jnp.array([1.0])
       >>> u, _ = tx.update(g, tx.init(w), w)

@@ -97,7 +97,7 @@ def prox_l1(
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> from optax_decay._sparsity import prox_l1
+      >>> from optax_decay import prox_l1
       >>> tx = optax.chain(optax.sgd(0.5), prox_l1(0.25))
       >>> w = jnp.array([3.0, 0.2]); g = jnp.array([2.0, 0.1])
       >>> u, _ = tx.update(g, tx.init(w), w)
@@ -196,7 +196,7 @@ def prox_group_lasso(
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> from optax_decay._sparsity import prox_group_lasso
+      >>> from optax_decay import prox_group_lasso
       >>> tx = optax.chain(optax.sgd(1.0), prox_group_lasso(1.0, axis=0))
       >>> w = jnp.array([[3.0, 0.3], [4.0, 0.4]]); g = jnp.zeros((2, 2))
       >>> u, _ = tx.update(g, tx.init(w), w)

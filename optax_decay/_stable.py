@@ -114,7 +114,7 @@ def adams(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from optax_decay._stable import adams
+      >>> from optax_decay import adams
       >>> tx = adams(0.1, 2.0, eps=0.0)
       >>> w = jnp.array([2.0, -1.0]); g = jnp.array([1.0, 7.0])
       >>> u, _ = tx.update(g, tx.init(w), w)

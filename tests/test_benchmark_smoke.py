@@ -29,7 +29,8 @@ def test_quick_benchmark_writes_every_record(tmp_path):
 
     assert bench.FLATTEN in optimizers  # the peer of the flat path, on the tree path only
     got = {(r["tree"], r["optimizer"], r["mode"]) for r in result["records"]}
-    flat = {f"{o} [flat]" for o in optimizers - {bench.FLATTEN}} | {"adamw [flat+mask]"}
+    flat = {f"{o} [flat]" for o in optimizers - {bench.FLATTEN}}
+    flat |= {"adamw [flat+mask]", "adamw [flat+multipliers]"}
     want = {(t, o, m) for t in bench.TREES for o in optimizers | flat for m in bench.MODES}
     assert got == want
     assert len(result["records"]) == len(want)
@@ -65,6 +66,7 @@ def test_no_tree_keeps_only_the_reference_on_the_tree_path(tmp_path):
     assert {r["optimizer"] for r in result["records"] if r["path"] == "flat"} == {
         *(f"{o} [flat]" for o in bench.optimizers() if o != bench.FLATTEN),
         "adamw [flat+mask]",
+        "adamw [flat+multipliers]",
     }
     with pytest.raises(SystemExit):
         bench.parse_args(["--no-tree", "--no-flat"])

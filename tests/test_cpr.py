@@ -12,7 +12,7 @@ import pytest
 from helpers import make_params
 
 import optax_decay as od
-from optax_decay._cpr import CPRState, adamcpr, cpr
+from optax_decay import CPRState, adamcpr, cpr
 
 SHAPES = {"w": (4, 3), "k": (2, 2, 3), "b": (3,)}
 MASK = {"w": True, "k": True, "b": False}

@@ -16,7 +16,7 @@ import optax
 import pytest
 from helpers import make_params
 
-from optax_decay._cpr import adamcpr
+from optax_decay import adamcpr
 
 pytestmark = [
     pytest.mark.slow,

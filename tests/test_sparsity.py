@@ -14,7 +14,7 @@ import pytest
 from helpers import make_grads, make_params, make_problem, ravel, reference
 
 import optax_decay as od
-from optax_decay._sparsity import prox_group_lasso, prox_l1
+from optax_decay import prox_group_lasso, prox_l1
 
 ETA = lambda t: 1.0 / (1.0 + 0.5 * t)  # float64 arithmetic, positive for every t
 LAM = lambda t: 0.4 + 0.1 * t

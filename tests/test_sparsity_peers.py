@@ -33,7 +33,7 @@ import pytest
 from helpers import make_grads, make_params
 
 import optax_decay as od
-from optax_decay._sparsity import prox_group_lasso, prox_l1
+from optax_decay import prox_group_lasso, prox_l1
 
 with warnings.catch_warnings():  # "JAXopt is no longer maintained", at import
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_decay as od
-from optax_decay._stable import adams
+from optax_decay import adams
 
 pytestmark = pytest.mark.x64
 

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from helpers import make_grads, make_params, run
 
-from optax_decay._stable import adams
+from optax_decay import adams
 
 pytestmark = [pytest.mark.slow, pytest.mark.x64]
 
