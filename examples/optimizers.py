@@ -64,7 +64,7 @@ def make(name: str, learning_rate, weight_decay, *, mask=WD_MASK, inject=False, 
     kwargs = {"mask": mask, **METHODS[name].fixed, **options}
     factory = METHODS[name].factory
     if inject:
-        static = ("mask", *(k for k, v in kwargs.items() if isinstance(v, bool)))
+        static = ("mask", *(k for k, v in kwargs.items() if isinstance(v, (bool, str))))
         factory = optax.inject_hyperparams(factory, static_args=static)
     return factory(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
 
