@@ -107,9 +107,35 @@ def optimizers(
         "adamw(corrected=True)": optax_decay.adamw(lr, wd, corrected=True, schedule=COSINE),
         "adamw(mask=multipliers)": optax_decay.adamw(lr, wd, mask=alternate_multipliers),
         'adamw(center="init")': optax_decay.adamw(lr, wd, center="init"),
+        # Issue 13. The L1 prox and AdamL1 are elementwise (28 B/param); a norm per leaf
+        # (group lasso, CPR, the projection) or a global mean (adams) needs a reduction
+        # before the update can be written: REDUCTION_BYTES counts the extra pass.
+        'prox_adam(penalty="l1")': optax_decay.prox_adam(lr, wd, penalty="l1"),
+        'adamp(penalty="l1")': optax_decay.adamp(lr, wd, penalty="l1"),
+        "adam+prox_group_lasso": optax.chain(
+            optax_decay.scale_by_adam(),
+            optax.scale_by_learning_rate(lr),
+            optax_decay.prox_group_lasso(wd),
+        ),
+        "adams": optax_decay.adams(lr, wd_coupled),
+        "adamcpr": optax_decay.adamcpr(lr, "dependent", 1.0),
+        "adamw+project_to_norm": optax.chain(
+            optax_decay.adamw(lr, wd), optax_decay.project_to_norm()
+        ),
         REFERENCE: optax.adamw(lr, weight_decay=wd_coupled),
         FLATTEN: optax.flatten(optax.adamw(lr, weight_decay=wd_coupled)),
     }
+
+
+# Extra bytes per parameter of a reduction pass before the update (float32). A norm per leaf
+# of z = w + u: read w, mu and nu again (the new moments, written by the first pass) to
+# form z = 12 B; the global mean of vhat (adams): read g and nu again to form vhat = 8 B.
+REDUCTION_BYTES = {
+    "adam+prox_group_lasso": 12,
+    "adamcpr": 12,
+    "adamw+project_to_norm": 12,
+    "adams": 8,
+}
 
 
 # --------------------------------------------------------------------------- param trees
@@ -309,7 +335,7 @@ def bench_tree(name, args, txs, bar) -> tuple[dict, list[dict]]:
     records = []
     for opt, runner in runners.items():
         finite = bool(_all_finite(runner.carry[0]))
-        bpp = bytes_per_param(runner)
+        bpp = bytes_per_param(runner) + REDUCTION_BYTES.get(opt.removesuffix(" [flat]"), 0)
         for mode in MODES:
             st = _stats(times[opt][mode])
             ref = statistics.median(times[REFERENCE][mode])
