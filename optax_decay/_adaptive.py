@@ -376,12 +376,15 @@ def adaptive(
 
         def soft_thresholded(m_raw, d, w, k, on=None):
             # y = w - s*mhat/D, thresholded at k/D = s*lambda/D. Where |y| <= k/D the change
-            # is -w, so that w + (-w) is exactly 0; elsewhere -s*mhat/D - sign(y)*k/D.
-            step = (jnp.asarray(s, d.dtype) / bias1.astype(d.dtype)) * m_raw / d
-            y, threshold = w - step, k / d
-            u = jnp.where(jnp.abs(y) <= threshold, -w, -step - jnp.sign(y) * threshold)
+            # is -w, so that w + (-w) is exactly 0; elsewhere -(s*mhat + sign(y)*k)/D. The
+            # test is made on y*D (D > 0), so that one division remains, as in Adam: with
+            # two, XLA kept two params-sized temporaries on the CPU.
+            s_m = jnp.asarray(s, d.dtype) / bias1.astype(d.dtype)
+            y_d = w * d - s_m * m_raw
+            u = jnp.where(jnp.abs(y_d) <= k, -w, -(s_m * m_raw + jnp.sign(y_d) * k) / d)
             if on is None:
                 return u
+            step = s_m * m_raw / d
             target = jax.typeof(w).sharding  # as in `decayed`: an array mask takes w's sharding
             if target.mesh.explicit_axes and jax.typeof(on).sharding.mesh.explicit_axes:
                 on = jax.sharding.reshard(on, target)

@@ -97,6 +97,9 @@ REGISTRY = {
     ),
     "prox_adam": Spec(od.prox_adam, 0.05, 0.2, "prox", "adam"),
     "adamp": Spec(od.adamp, 0.05, 0.3, "adaptive", "adam"),
+    # penalty="l1": thresholds small enough that some coordinates move and some become 0
+    "prox_adam_l1": Spec(P(od.prox_adam, penalty="l1"), 0.05, 0.02, "l1", "adam"),
+    "adamp_l1": Spec(P(od.adamp, penalty="l1"), 0.05, 0.3, "adaptive_l1", "adam"),
     "sgd_l2": Spec(od.sgd_l2, 0.1, 0.3, "l2", "sgd"),
     "sgdw": Spec(od.sgdw, 0.1, 0.05, "paper", "sgd"),
     "sgd_l2_momentum": Spec(P(od.sgd_l2, **MOMENTUM), 0.1, 0.3, "l2", "sgd", MOMENTUM),
@@ -245,6 +248,12 @@ def reference(name, params, grads, alpha, lam, eta=None, momentum=None, nesterov
                 w[k] = (w[k] - step) / (1 + e * lam)
             elif name == "adamp":
                 w[k] = (w[k] - step) / (1 + e * a * lam / D)
+            elif name == "prox_adam_l1":  # soft-thresholding at eta_t*lambda
+                y = w[k] - step
+                w[k] = np.sign(y) * np.maximum(np.abs(y) - e * lam, 0.0)
+            elif name == "adamp_l1":  # AdamL1: the threshold preconditioned, s*lambda/D
+                y = w[k] - step
+                w[k] = np.sign(y) * np.maximum(np.abs(y) - s * lam / D, 0.0)
             else:
                 raise ValueError(name)
         out.append({k: v.copy() for k, v in w.items()})
