@@ -153,3 +153,45 @@ def test_zero_norm_slice_is_left_as_it_is(axis):
     tx = od.project_to_norm(1.0, axis=axis)
     u, _ = tx.update(jnp.zeros_like(w), tx.init(w), w)
     np.testing.assert_array_equal(w + u, 0.0)
+
+
+@pytest.mark.slow  # as tests/test_sharding.py
+@pytest.mark.x64
+@pytest.mark.parametrize(
+    "name", ["project_to_norm", "project_to_norm(axis=0)", "prox_group_lasso(axis=0)"]
+)
+def test_sharded_norms_equal_the_single_device_run(name):
+    """FSDP over 8 host devices (the first axis sharded): the same params as one device.
+
+    A norm over a sharded axis is a sum over devices, so the step all-reduces the norms
+    (one per leaf or slice, never params-sized) and gathers nothing.
+    """
+    from helpers import make_problem, run
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    assert jax.device_count() == 8
+    params, grads = make_problem(4, shapes={"w": (16, 4), "k": (8, 2, 3)})
+    transforms = {
+        "project_to_norm": od.project_to_norm(),
+        "project_to_norm(axis=0)": od.project_to_norm(axis=0),
+        "prox_group_lasso(axis=0)": od.prox_group_lasso(0.05, axis=0),
+    }
+    tx = optax.chain(optax.adam(0.05), transforms[name])
+    sharding = NamedSharding(jax.make_mesh((8,), ("fsdp",)), P("fsdp"))
+    sp = jax.device_put(params, sharding)
+
+    @jax.jit
+    def step(params, state, g):
+        u, state = tx.update(g, state, params)
+        return optax.apply_updates(params, u), state
+
+    state = tx.init(sp)
+    hlo = step.lower(sp, state, sp).compile().as_text()
+    assert "all-reduce(" in hlo
+    assert not [op for op in ("all-gather", "all-to-all", "reduce-scatter") if op in hlo]
+    for g in grads:
+        sp, state = step(sp, state, jax.device_put(g, sharding))
+    chex.assert_trees_all_close(sp, run(tx, params, grads)[-1], rtol=1e-12, atol=1e-15)
+    for p in jax.tree.leaves(sp):
+        assert p.sharding.is_equivalent_to(sharding, p.ndim)
