@@ -278,7 +278,11 @@ def cpr(
     as ``adamcpr(..., coupled=True)`` does. The module docstring
     (:mod:`optax_decay._cpr`) states pytorch-cpr's update and the
     differences. A multiplier above ``1/(2*eta_t)`` flips the leaf's sign, as in
-    the reference: keep ``lagmul_rate`` moderate.
+    the reference: keep ``lagmul_rate`` moderate. On flat buffers
+    (:func:`flat_layout`) a leaf is a whole buffer, so one constraint covers all
+    params of a dtype and a per-element ``layout.mask`` is rejected: use the tree
+    path for per-leaf constraints (a buffer is a plain array, this cannot be
+    checked here).
 
     Args:
       kappa_init_method: ``"uniform"``, ``"dependent"``, ``"warm_start"`` or
