@@ -216,6 +216,14 @@ def adam_l2(
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax_decay
+      >>> tx = optax_decay.adam_l2(0.1, 0.5)
+      >>> w = jnp.array([2.0]); g = jnp.array([-0.5])
+      >>> u, _ = tx.update(g, tx.init(w), w)
+      >>> w + u  # g + lambda*w = 0.5 > 0: the penalty turns Adam's first step (size alpha)
+      Array([1.9], dtype=float32)
     """
     return _checked(
         "adam_l2",
