@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 import optax_decay
@@ -36,6 +38,58 @@ class Method:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments it always gets
 
 
+def adam_group_lasso(
+    learning_rate, weight_decay, *, schedule=None, mask=None, axis=(0,), b1=0.9, b2=0.999, eps=1e-8
+) -> optax.GradientTransformation:
+    """Adam's step ``-alpha*eta_t*mhat/D``, then ``optax_decay.prox_group_lasso(lambda, schedule,
+    mask, axis)``: a group whose norm is at most ``eta_t*lambda`` becomes exactly 0 (paper form).
+    ``axis=(0,)`` on ``(in, out)`` kernels: one group per output unit (a tuple, which
+    ``inject_hyperparams`` leaves static). Mask out a classifier head (its columns are the
+    classes), e.g. ``weight_decay_mask(..., exclude=(..., "head"))``."""
+    factor = 1.0 if schedule is None else schedule
+
+    def step_size(count):
+        return (learning_rate(count) if callable(learning_rate) else learning_rate) * (
+            factor(count) if callable(factor) else factor
+        )
+
+    return optax.chain(
+        optax_decay.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.scale_by_learning_rate(step_size),
+        optax_decay.prox_group_lasso(weight_decay, schedule, mask, axis=axis),
+    )
+
+
+def adamcpr_warm_start(learning_rate, weight_decay, *, schedule=None, mask=None, lagmul_rate=1.0):
+    """``optax_decay.adamcpr(..., kappa_init_method="warm_start")`` whose ``kappa_init_param``, the
+    warm-start length ``k`` (updates of plain Adam, then the bound is the squared norm reached),
+    is the ``weight_decay`` slot: a float that a grid can inject. ``k`` must be a whole number;
+    below 1 counts as 1 (the 0 that ``inject_hyperparams`` is built with)."""
+    k = jnp.maximum(weight_decay, 1.0)
+    return optax_decay.adamcpr(
+        learning_rate, "warm_start", k, lagmul_rate=lagmul_rate, schedule=schedule, mask=mask
+    )
+
+
+def adamw_projected(
+    learning_rate, weight_decay, *, radius_scale=1.0, axis=None, schedule=None, mask=None
+) -> optax.GradientTransformation:
+    """``adamw`` (paper form), then every ``mask``-ed leaf (or slice, ``axis``) back onto the sphere
+    of ``radius_scale`` times its norm at init: ``project_to_norm("init")``, then the weights times
+    ``radius_scale`` (a float in the update, so that a grid can inject it)."""
+
+    def rescale(updates, state, params=None):
+        new = jax.tree.map(lambda u, w: radius_scale * (w + u) - w, updates, params)
+        return new, state
+
+    scale = optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), rescale)
+    return optax.chain(
+        optax_decay.adamw(learning_rate, weight_decay, schedule=schedule, mask=mask),
+        optax_decay.project_to_norm("init", axis=axis, mask=mask),
+        scale if mask is None else optax.masked(scale, mask),
+    )
+
+
 METHODS: dict[str, Method] = {
     "sgd_l2": Method(optax_decay.sgd_l2, L2, "sgd", {"momentum": MOMENTUM}),
     "sgdw": Method(optax_decay.sgdw, PAPER, "sgd", {"momentum": MOMENTUM}),
@@ -44,6 +98,13 @@ METHODS: dict[str, Method] = {
     "adamw_coupled": Method(optax_decay.adamw, COUPLED, "adam", {"coupled": True}),
     "prox_adam": Method(optax_decay.prox_adam, PAPER, "adam"),
     "adamp": Method(optax_decay.adamp, ADAPTIVE, "adam"),
+    "adams": Method(optax_decay.adams, ADAPTIVE, "adam"),  # lambda*alpha*eta_t/sqrt(mean vhat)
+    # weight_decay: the warm-start length k in updates, no decay rate (no per-step equivalent)
+    "adamcpr_ws": Method(adamcpr_warm_start, ADAPTIVE, "adam"),
+    "adamw_projected": Method(adamw_projected, PAPER, "adam"),  # radius_scale: an option
+    "prox_adam_l1": Method(optax_decay.prox_adam, PAPER, "adam", {"penalty": "l1"}),
+    "adamp_l1": Method(optax_decay.adamp, ADAPTIVE, "adam", {"penalty": "l1"}),
+    "adam_group_lasso": Method(adam_group_lasso, PAPER, "adam"),
 }
 
 # The demo's and train.py's defaults on digits; OWN_DECAYS: where lambda is not a per-step rate.
