@@ -97,7 +97,7 @@ from optax_decay._adaptive import scale_by_adam
 from optax_decay._alias import _checked, _step
 from optax_decay._checks import check_nonnegative, concrete_float, require_params
 from optax_decay._convert import evaluate, step_size
-from optax_decay._masks import MaskOrFn, is_array_mask, is_multiplier, masked, resolve_mask
+from optax_decay._masks import MaskOrFn, masked_per_leaf
 
 KAPPA_INIT_METHODS = ("uniform", "dependent", "warm_start", "inflection_point")
 
@@ -142,13 +142,6 @@ INTERVAL_MSG = (
 EMA_DECAY_MSG = (
     "`inflection_ema_decay` must lie in [0, 1), got {value!r}: the decay of the moving "
     "average of the norm (the reference's default is 0.99)."
-)
-
-MASK_KIND_MSG = (
-    "`{name}` constrains each leaf as a whole, so its `mask` leaves must be Python bools "
-    "(True: constrain the leaf), got {what} at {path}. Per-element masks and multipliers "
-    "of weight_decay have no meaning for a bound on a leaf's norm: split the leaf, or "
-    "use True/False."
 )
 
 
@@ -215,16 +208,6 @@ def _check_args(method, kappa_init_param, lagmul_rate, interval, ema_decay) -> N
     d = concrete_float(ema_decay)
     if d is not None and not 0.0 <= d < 1.0:
         raise ValueError(EMA_DECAY_MSG.format(value=ema_decay))
-
-
-def _check_mask(name: str, mask: MaskOrFn, params: Any) -> None:
-    """Raises unless every leaf of the resolved mask is a bool (no arrays, no multipliers)."""
-    full = resolve_mask(mask, params)
-    for path, m in jax.tree_util.tree_flatten_with_path(full)[0]:
-        if is_array_mask(m) or is_multiplier(m):
-            what = f"an array of shape {tuple(m.shape)}" if is_array_mask(m) else repr(m)
-            where = jax.tree_util.keystr(path) or "(root)"
-            raise ValueError(MASK_KIND_MSG.format(name=name, what=what, path=where))
 
 
 def cpr(
@@ -401,20 +384,7 @@ def _cpr(name, method, kappa_init_param, lagmul_rate, schedule, mask, interval, 
         return new_updates, state
 
     inner = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    if mask is None:
-        return inner
-    wrapped = masked(inner, mask)
-
-    def checked_init(params):
-        _check_mask(name, mask, params)
-        return wrapped.init(params)
-
-    def checked_update(updates, state, params=None, **extra_args):
-        if updates is not None and params is not None:
-            _check_mask(name, mask, params)
-        return wrapped.update(updates, state, params, **extra_args)
-
-    return optax.GradientTransformationExtraArgs(checked_init, checked_update)
+    return masked_per_leaf(name, inner, mask, "a bound on its squared norm")
 
 
 def _find_inflection(state, params, updates, T, interval, ema_decay):

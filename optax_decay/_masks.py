@@ -355,6 +355,46 @@ def masked(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+LEAF_MASK_MSG = (
+    "`{name}` acts on each leaf as a whole ({what_for}), so its `mask` leaves must be "
+    "Python bools (True: the leaf takes part), got {what} at {path}. A per-element mask "
+    "or a multiplier of weight_decay has no meaning there: split the leaf, or use True/False."
+)
+
+
+def masked_per_leaf(
+    name: str, inner: optax.GradientTransformationExtraArgs, mask: MaskOrFn, what_for: str
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`masked` for a transform of whole leaves (a norm, a bound): bool leaves only.
+
+    Array leaves and multipliers raise a ValueError naming ``name`` and the leaf, at
+    ``init`` and at every ``update`` (a callable mask is evaluated on the params).
+    """
+    if mask is None:
+        return inner
+    wrapped = masked(inner, mask)
+
+    def check(params):
+        for path, m in jax.tree_util.tree_flatten_with_path(resolve_mask(mask, params))[0]:
+            if is_array_mask(m) or is_multiplier(m):
+                what = f"an array of shape {tuple(m.shape)}" if is_array_mask(m) else repr(m)
+                where = jax.tree_util.keystr(path) or "(root)"
+                raise ValueError(
+                    LEAF_MASK_MSG.format(name=name, what_for=what_for, what=what, path=where)
+                )
+
+    def init_fn(params):
+        check(params)
+        return wrapped.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if updates is not None and params is not None:
+            check(params)
+        return wrapped.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def _key_name(key: Any) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):

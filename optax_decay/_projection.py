@@ -10,7 +10,7 @@ import numpy as np
 import optax
 
 from optax_decay._checks import is_none, require_params
-from optax_decay._masks import MaskOrFn, is_array_mask, is_multiplier, masked, resolve_mask
+from optax_decay._masks import MaskOrFn, masked_per_leaf
 
 RADIUS_MSG = (
     '`radius` must be "init" (the norms seen by `init`), a number > 0, or a pytree with '
@@ -27,12 +27,6 @@ AXIS_MSG = (
     "`axis`={axis!r} does not fit param leaf {path} of shape {shape}: pass None (the "
     "whole leaf) or an int or tuple of ints in [-{ndim}, {ndim}), the axes each norm is "
     "taken over (e.g. axis=1 of an (vocab, dim) embedding: one norm per row)."
-)
-
-PROJECTION_MASK_MSG = (
-    "`project_to_norm` takes a mask of Python bools per leaf (True: project the leaf); "
-    "leaf {path} of the mask is {what}. A per-element mask or a multiplier has no "
-    "meaning for a norm: keep such leaves out with False."
 )
 
 
@@ -183,28 +177,7 @@ def project_to_norm(
         return updates, state
 
     inner = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    if mask is None:
-        return inner
-    checked = masked(inner, mask)
-
-    def check_mask(params):
-        full = resolve_mask(mask, params)
-        for path, m in jax.tree_util.tree_flatten_with_path(full)[0]:
-            if is_array_mask(m) or is_multiplier(m):
-                where = jax.tree_util.keystr(path) or "(root)"
-                kind = "a number" if is_multiplier(m) else "an array"
-                raise TypeError(PROJECTION_MASK_MSG.format(path=where, what=kind))
-
-    def masked_init(params):
-        check_mask(params)
-        return checked.init(params)
-
-    def masked_update(updates, state, params=None, **extra_args):
-        if params is not None:
-            check_mask(params)
-        return checked.update(updates, state, params, **extra_args)
-
-    return optax.GradientTransformationExtraArgs(masked_init, masked_update)
+    return masked_per_leaf("project_to_norm", inner, mask, "a norm")
 
 
 def _check_radius_values(radius: Any) -> None:

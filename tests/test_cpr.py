@@ -388,11 +388,9 @@ def test_a_callable_mask_equals_the_bool_mask_and_masked_leaves_take_the_adam_st
 def test_per_element_masks_and_multipliers_are_rejected():
     params = make_params(jnp.float32, shapes=SHAPES)
     arrays = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
-    with pytest.raises(
-        ValueError, match=r"`adamcpr` constrains each leaf.*shape \(3,\) at \['b'\]"
-    ):
+    with pytest.raises(ValueError, match=r"`adamcpr` acts on each leaf.*shape \(3,\) at \['b'\]"):
         adamcpr(0.1, "uniform", 1.0, mask=arrays).init(params)
-    with pytest.raises(ValueError, match=r"`cpr` constrains each leaf.*2\.0 at \['w'\]"):
+    with pytest.raises(ValueError, match=r"`cpr` acts on each leaf.*2\.0 at \['w'\]"):
         cpr("uniform", 1.0, mask={"w": 2.0, "k": True, "b": False}).init(params)
 
 

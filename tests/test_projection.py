@@ -128,8 +128,8 @@ def test_projection_under_jit_and_inject_hyperparams():
         ({"axis": (0, 0)}, ValueError, r"`axis`=\(0, 0\) does not fit"),
         (
             {"mask": {"w": 2.0, "b": False, "k": True}},
-            TypeError,
-            r"\['w'\] of the mask is a number",
+            ValueError,
+            r"`project_to_norm` acts on each leaf as a whole \(a norm\).*got 2.0 at \['w'\]",
         ),
     ],
 )
