@@ -363,7 +363,7 @@ def test_resume_with_other_optimizer_or_mask_raises(tmp_path):
 @pytest.mark.parametrize("name", TRAIN_OPTIMIZERS)
 def test_round_trip_every_optimizer(tmp_path, name, dtype):
     """Also: train.py's optimizers are the package's, each of them taken by --optimizer."""
-    assert set(optimizers.METHODS) == set(TRAIN_OPTIMIZERS)
+    assert set(TRAIN_OPTIMIZERS) <= set(optimizers.METHODS)
     assert optimizers.METHODS[name].factory is getattr(optax_decay, name.removesuffix("_coupled"))
     assert train.parse_args(["--optimizer", name]).optimizer == name
     # eta_t * lambda ~ 0.05 per step (lambda * lr for the coupled form), well above bfloat16's
