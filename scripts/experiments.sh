@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh demo
 bash scripts/setup_data.sh
-for name in lr_wd_map adamw_vs_adamp scale_freeness batchnorm_decay modern_decay finetune_center; do
+for name in lr_wd_map adamw_vs_adamp scale_freeness batchnorm_decay modern_decay finetune_center \
+  sparsity_frontier; do
   echo "== $name"
   start=$SECONDS
   .venv/bin/python "examples/$name.py" --out "out/$name" "$@"

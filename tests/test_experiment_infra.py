@@ -289,9 +289,12 @@ EXPERIMENTS = (
     "scale_freeness",
     "batchnorm_decay",
     "finetune_center",
+    "sparsity_frontier",
 )
 MISSING = ["--dataset", "fashion_mnist", "--data-dir", "{empty}"]
 BAD_INPUT = [
+    ("sparsity_frontier", ["--group-decays", "-1"], "`--group-decays`"),
+    ("sparsity_frontier", ["--lr", "0"], "`--lr` must be a positive number"),
     ("demo", ["--steps", "0"], "`--steps` must be >= 1, got 0"),
     ("demo", ["--batch-size", "5000"], "`--batch-size` 5000 is larger than the training set"),
     ("train", ["--checkpoint-every", "0"], "`--checkpoint-every` must be >= 1"),
