@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import sys
 
@@ -101,5 +102,32 @@ def _copy_mathjax(app, exception):
             shutil.copyfile(src, out)
 
 
+# A link to a folder (`[out/](out/)`) works on GitHub but has no page here: it becomes a link
+# to the folder's summary.md when there is one, and plain text otherwise.
+_FOLDER_LINK = re.compile(r"\[([^\]]+)\]\((?!\w+://)([^)\s#]+/)\)")
+
+
+def _folder_links(text: str, base: pathlib.Path) -> str:
+    def replace(match: re.Match) -> str:
+        label, target = match.groups()
+        if (base / target / "summary.md").is_file():
+            return f"[{label}]({target}summary.md)"
+        return label
+
+    return _FOLDER_LINK.sub(replace, text)
+
+
+def _on_source_read(app, docname, source):
+    base = pathlib.Path(app.env.doc2path(docname)).parent
+    source[0] = _folder_links(source[0], base)
+
+
+def _on_include_read(app, relative_path, parent_docname, content):
+    base = (pathlib.Path(app.srcdir) / relative_path).parent
+    content[0] = _folder_links(content[0], base)
+
+
 def setup(app):
+    app.connect("source-read", _on_source_read)
+    app.connect("include-read", _on_include_read)
     app.connect("build-finished", _copy_mathjax)
