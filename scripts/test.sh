@@ -3,7 +3,8 @@
 # property tests, doctests, the shared example modules, the README's code) plus the
 # linter, the formatter check and the type checker. Arguments go to pytest.
 # `bash scripts/test_slow.sh` installs the peers and runs the slow tier (the peers, the
-# heavy suites, the scripts end to end, the notebooks); tests/conftest.py says which.
+# heavy suites, the scripts end to end); tests/conftest.py says which. The notebooks are
+# executed by `bash scripts/docs.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test

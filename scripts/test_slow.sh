@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The slow tier of the test suite: the peers (torch.optim, heavyball, timm, jaxopt,
 # pytorch_optimizer, pytorch-cpr) step by
-# step, the heavy suites, every script end to end and the notebooks (tests/conftest.py
+# step, the heavy suites and every script end to end (tests/conftest.py
 # lists them). Installs what scripts/test.sh installs, plus the peers; arguments go to
 # pytest (e.g. `-k peers`).
 set -euo pipefail

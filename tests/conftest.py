@@ -7,8 +7,9 @@ Two tiers. ``bash scripts/test.sh`` (the README's test command) runs ``-m "not s
 the package's unit, closed-form and property tests, doctests, the README's code and the
 checks of the shared example modules, in a few minutes. The peers (torch.optim, heavyball,
 timm), the heavy suites and the tests that train or start processes, listed in ``SLOW``
-(whole files) or marked ``@pytest.mark.slow``, and the notebooks form the slow tier:
+(whole files) or marked ``@pytest.mark.slow`` form the slow tier:
 ``bash scripts/test_slow.sh`` (which installs the peers first), which ``.ci/run`` runs too.
+The notebooks are executed by the docs build (``bash scripts/docs.sh``), not by the tests.
 
 ``@pytest.mark.x64`` (on a test, a ``pytest.param`` or a module's ``pytestmark``) is the one
 way a test runs in float64: the test, its fixtures and every hypothesis example run under
@@ -58,7 +59,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     for item in items:
         path = pathlib.Path(str(item.fspath))
-        if path.name in SLOW or path.suffix == ".ipynb":
+        if path.name in SLOW:
             item.add_marker(pytest.mark.slow)
 
 
