@@ -61,8 +61,8 @@ CONTROLS = [
     pytest.param("optax.md", "od.coupled_to_paper(wd, lr)", "wd", id="optax-unconverted"),
     pytest.param(
         "torch.md",
-        "od.adamw(lr, wd, coupled=True)),",
-        "od.adamw(lr, wd)),",
+        "None,\n        od.adamw(lr, wd, coupled=True),",
+        "None,\n        od.adamw(lr, wd),",
         marks=pytest.mark.slow,
         id="torch-paper-form",
     ),
