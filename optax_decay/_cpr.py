@@ -371,7 +371,9 @@ def _cpr(name, method, kappa_init_param, lagmul_rate, schedule, mask, interval, 
                 kap = jnp.where(~is_set & (T == jnp.asarray(warm)), r2, kap)
             u_dt = jnp.asarray(u).dtype
             factor = (2 * jnp.asarray(eta, dt) * lam).astype(u_dt)
-            return u - factor * z, lam, kap
+            # u - factor*(w + u), written without z: z is then only read by the norm, which
+            # XLA fuses with its computation instead of writing z out (one pass less).
+            return (1 - factor) * u - factor * jnp.asarray(w), lam, kap
 
         out = per_leaf(leaf, params, updates, state.lagmul, state.kappa)
         is_triple = lambda x: isinstance(x, tuple) or _stop(x)

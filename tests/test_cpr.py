@@ -137,7 +137,9 @@ def _run(tx, params, grads, jit=True):
     return out, lams, kaps
 
 
-def _assert_runs_close(got, want, rtol=1e-12):
+def _assert_runs_close(got, want, rtol=1e-11):
+    # 1e-11, not 1e-12: the update is (1 - 2*eta*lambda)*u - 2*eta*lambda*w, the reference's
+    # (1 - 2*eta*lambda)*(w + u) - w, a few ulp apart after 60 steps
     for (gp, gl, gk), (wp, wl, wk) in zip(
         zip(*got, strict=True), zip(*want, strict=True), strict=True
     ):
