@@ -37,7 +37,8 @@ from examples.grid import train_grid
 from examples.reporting import markdown_table, mean_pm, plot_seeds, save_figure, write_outputs
 
 # Sized from a timed 230-step run (12 members, about 0.5 s of CPU per step, batch 64, plus
-# about 40 s of compiling per method): about 12 min alone on 2 cores. --quick: digits.
+# about 40 s of compiling per method). The full run used 1165 s of CPU (27.5 min wall on the
+# shared 2-core machine; alone about 10-16 min, as modern_decay). --quick: digits.
 DEFAULT_STEPS, QUICK_STEPS, BATCH, LR = 300, 60, 64, 3e-3
 # name -> (hyperparameter, its symbol, default sweep, --quick sweep)
 SWEEPS = {
