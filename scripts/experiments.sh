@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/venv.sh demo
 bash scripts/setup_data.sh
 for name in lr_wd_map adamw_vs_adamp scale_freeness batchnorm_decay modern_decay finetune_center \
-  sparsity_frontier; do
+  sparsity_frontier norm_control; do
   echo "== $name"
   start=$SECONDS
   .venv/bin/python "examples/$name.py" --out "out/$name" "$@"

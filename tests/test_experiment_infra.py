@@ -290,6 +290,7 @@ EXPERIMENTS = (
     "batchnorm_decay",
     "finetune_center",
     "sparsity_frontier",
+    "norm_control",
 )
 MISSING = ["--dataset", "fashion_mnist", "--data-dir", "{empty}"]
 BAD_INPUT = [
