@@ -376,7 +376,7 @@ def masked_per_leaf(
 
     def check(params):
         for path, m in jax.tree_util.tree_flatten_with_path(resolve_mask(mask, params))[0]:
-            if is_array_mask(m) or is_multiplier(m):
+            if is_array_mask(m) or has_multipliers(m):  # a flat buffer's segments too
                 what = f"an array of shape {tuple(m.shape)}" if is_array_mask(m) else repr(m)
                 where = jax.tree_util.keystr(path) or "(root)"
                 raise ValueError(

@@ -195,3 +195,12 @@ def test_sharded_norms_equal_the_single_device_run(name):
     chex.assert_trees_all_close(sp, run(tx, params, grads)[-1], rtol=1e-12, atol=1e-15)
     for p in jax.tree.leaves(sp):
         assert p.sharding.is_equivalent_to(sharding, p.ndim)
+
+
+def test_a_flat_layouts_multiplier_mask_is_rejected():
+    """``layout.mask`` of a layout with multipliers (segments per buffer) is no per-leaf bool."""
+    params = make_params(jnp.float32)
+    layout = od.flat_layout(params, mask={"w": 2.0, "b": False, "k": True})
+    flat = layout.ravel(params)
+    with pytest.raises(ValueError, match=r"acts on each leaf as a whole.*SegmentMultipliers"):
+        od.project_to_norm(mask=layout.mask).init(flat)
