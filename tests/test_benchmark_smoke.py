@@ -44,7 +44,11 @@ def test_quick_benchmark_writes_every_record(tmp_path):
             assert r["x_optax_adamw_paired"] == pytest.approx(1.0)
         adam_like = not r["optimizer"].startswith("sgd")
         center = 4.0 if "center" in r["optimizer"] else 0.0  # read once, never written
-        assert r["bytes_per_param"] == pytest.approx((28.0 if adam_like else 12.0) + center)
+        # a reduction pass (a norm per leaf, adams' global mean) reads some arrays again
+        reduction = bench.REDUCTION_BYTES.get(r["optimizer"].removesuffix(" [flat]"), 0)
+        want = (28.0 if adam_like else 12.0) + center + reduction
+        # (the radii of project_to_norm, one per leaf, add a few bytes per step)
+        assert r["bytes_per_param"] == pytest.approx(want, abs=0.01), r["optimizer"]
     for info in result["trees"].values():
         assert info["bandwidth_GBps"] > 0
 
