@@ -97,6 +97,7 @@ from optax_decay._adaptive import scale_by_adam
 from optax_decay._alias import _checked, _step
 from optax_decay._checks import check_nonnegative, concrete_float, require_params
 from optax_decay._convert import evaluate, step_size
+from optax_decay._decoupled import _stop
 from optax_decay._masks import MaskOrFn, masked_per_leaf
 
 KAPPA_INIT_METHODS = ("uniform", "dependent", "warm_start", "inflection_point")
@@ -164,8 +165,18 @@ class CPRState(NamedTuple):
     prev_growth: Any = None  # g_j at the previous sample.
 
 
-def _stop(x: Any) -> bool:
-    return x is None or isinstance(x, optax.MaskedNode)
+def _map_unzip(fn: Any, n: int, params: Any, *trees: Any) -> tuple[Any, ...]:
+    """``fn(w, *xs)`` on each leaf ``w`` of ``params``, its ``n`` outputs as ``n`` trees.
+
+    The outputs are picked by mapping over ``params`` (each leaf of which holds one
+    output tuple), not by treating every tuple as a leaf, which a params tree with
+    tuple nodes would confuse.
+    """
+    out = jax.tree.map(lambda w, *xs: w if _stop(w) else fn(w, *xs), params, *trees, is_leaf=_stop)
+    return tuple(
+        jax.tree.map(lambda w, o, i=i: w if _stop(w) else o[i], params, out, is_leaf=_stop)
+        for i in range(n)
+    )
 
 
 def _state_dtype(w: Any) -> Any:
@@ -375,11 +386,7 @@ def _cpr(name, method, kappa_init_param, lagmul_rate, schedule, mask, interval, 
             # XLA fuses with its computation instead of writing z out (one pass less).
             return (1 - factor) * u - factor * jnp.asarray(w), lam, kap
 
-        out = per_leaf(leaf, params, updates, state.lagmul, state.kappa)
-        is_triple = lambda x: isinstance(x, tuple) or _stop(x)
-        new_updates = jax.tree.map(lambda o: o if _stop(o) else o[0], out, is_leaf=is_triple)
-        lagmul = jax.tree.map(lambda o: o if _stop(o) else o[1], out, is_leaf=is_triple)
-        kappa = jax.tree.map(lambda o: o if _stop(o) else o[2], out, is_leaf=is_triple)
+        new_updates, lagmul, kappa = _map_unzip(leaf, 3, params, updates, state.lagmul, state.kappa)
         state = state._replace(step_count=optax.safe_increment(count), lagmul=lagmul, kappa=kappa)
         if inflection:
             state = _find_inflection(state, params, new_updates, T, interval, ema_decay)
@@ -411,12 +418,10 @@ def _find_inflection(state, params, updates, T, interval, ema_decay):
             keep(jnp.where(sample & (T > 2 * S), g, g_prev), g_prev),
         )
 
-    trees = (params, updates, state.kappa, state.norm_ema, state.prev_norm_ema, state.prev_growth)
-    out = jax.tree.map(lambda w, *xs: w if _stop(w) else leaf(w, *xs), *trees, is_leaf=_stop)
-    is_quad = lambda x: isinstance(x, tuple) or _stop(x)
-    pick = lambda i: jax.tree.map(lambda o: o if _stop(o) else o[i], out, is_leaf=is_quad)
+    trees = (updates, state.kappa, state.norm_ema, state.prev_norm_ema, state.prev_growth)
+    kappa, norm_ema, prev_norm_ema, prev_growth = _map_unzip(leaf, 4, params, *trees)
     return state._replace(
-        kappa=pick(0), norm_ema=pick(1), prev_norm_ema=pick(2), prev_growth=pick(3)
+        kappa=kappa, norm_ema=norm_ema, prev_norm_ema=prev_norm_ema, prev_growth=prev_growth
     )
 
 

@@ -443,3 +443,20 @@ def test_bad_adam_arguments_raise():
         adamcpr(0.1, b1=1.0)
     with pytest.raises(ValueError, match="`learning_rate`"):
         adamcpr(-0.1)
+
+
+@pytest.mark.parametrize("method, param", [("uniform", 0.5), ("inflection_point", None)])
+def test_params_with_tuple_nodes_run_as_the_same_leaves_in_a_dict(method, param):
+    """The per-leaf outputs (update, multiplier, bound, ...) are split by the params' structure:
+    a tuple node of the params is not mistaken for one leaf's output tuple."""
+    a, b = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), jnp.linspace(0.5, 2.0, 4)
+    g = (jnp.full((2, 3), 0.3), jnp.full(4, -0.2))
+    runs = []
+    for p, grads in [((a, b), g), ({"0": a, "1": b}, {"0": g[0], "1": g[1]})]:
+        tx = adamcpr(0.1, method, param, lagmul_rate=0.01, inflection_interval=1)
+        state, w = tx.init(p), p
+        for _ in range(5):
+            u, state = tx.update(grads, state, w)
+            w = optax.apply_updates(w, u)
+        runs.append(jax.tree.leaves(w))
+    chex.assert_trees_all_equal(*runs)
