@@ -46,16 +46,8 @@ def adam_group_lasso(
     ``axis=(0,)`` on ``(in, out)`` kernels: one group per output unit (a tuple, which
     ``inject_hyperparams`` leaves static). Mask out a classifier head (its columns are the
     classes), e.g. ``weight_decay_mask(..., exclude=(..., "head"))``."""
-    factor = 1.0 if schedule is None else schedule
-
-    def step_size(count):
-        return (learning_rate(count) if callable(learning_rate) else learning_rate) * (
-            factor(count) if callable(factor) else factor
-        )
-
-    return optax.chain(
-        optax_decay.scale_by_adam(b1=b1, b2=b2, eps=eps),
-        optax.scale_by_learning_rate(step_size),
+    return optax.chain(  # adamw with lambda = 0 is Adam's step, -alpha*eta_t*mhat/D, exactly
+        optax_decay.adamw(learning_rate, 0.0, schedule=schedule, b1=b1, b2=b2, eps=eps),
         optax_decay.prox_group_lasso(weight_decay, schedule, mask, axis=axis),
     )
 

@@ -11,7 +11,7 @@ import optax
 
 from optax_decay._checks import check_nonnegative, is_none
 from optax_decay._decoupled import CenterOrInit, scheduled_decay
-from optax_decay._masks import MaskOrFn, is_multiplier, resolve_mask
+from optax_decay._masks import MaskOrFn, resolve_mask
 
 PENALTIES = ("l2", "l1")
 
@@ -267,7 +267,7 @@ def _check_axis_fits(axis: Any, axes: tuple[int, ...] | None, params: Any, mask:
         on = resolve_mask(mask, params)
 
     def fits(path, w, m):
-        if w is None or m is False or (is_multiplier(m) and m == 0):
+        if w is None or m is False:  # resolve_mask gives False for a multiplier 0
             return
         ndim = np.ndim(w)
         normal = [a + ndim if a < 0 else a for a in axes]
